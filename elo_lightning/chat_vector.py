@@ -1,0 +1,421 @@
+"""Chat vector arithmetic: ``output = target + ratio * (instruct - base)``, streamed tensor by tensor.
+
+The chat vector (Huang et al., 2023) is the weight difference between an instruction-tuned model and its base.
+Adding it to a language-adapted copy of the base (the ELO-aligned model) gives the adapted model chat ability
+before bilingual SFT.
+
+Memory: the three source checkpoints are opened with ``safetensors.safe_open`` (memory-mapped) and read one tensor
+at a time; the output is written with a streaming safetensors writer whose headers are computed up front from the
+tensor metadata, so at any moment the process holds at most one tensor from each source plus the result (a
+handful of tensors, bounded by the largest tensor) -- never a whole model. Three 8B checkpoints can be combined on a
+machine with a few GB of RAM.
+
+Everything is validated from metadata (configs, tensor names, shapes, dtypes) before any tensor data is read.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors import safe_open
+
+from elo_lightning.errors import ELOError
+
+VocabMismatch = Literal["skip", "slice", "error"]
+
+# Substrings that identify vocabulary-sized tensors (rows = tokens), across the supported families.
+VOCAB_TENSOR_KEYS = ("embed_tokens", "lm_head", "wte", "embed_out", "word_embeddings")
+# Tokenizer / chat-template files copied from the instruct model.
+TOKENIZER_FILE_GLOBS = (
+    "tokenizer*",
+    "special_tokens_map.json",
+    "chat_template*",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+)
+# Config fields that must agree between the three models.
+ARCH_FIELDS = ("model_type", "num_hidden_layers", "hidden_size")
+
+_ST_DTYPES = {
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.float64: "F64",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+_ST_NAME_TO_DTYPE = {v: k for k, v in _ST_DTYPES.items()}
+
+
+# --------------------------------------------------------------------------------------------------- reading
+
+
+class _Checkpoint:
+    """Metadata view of a safetensors checkpoint directory (single file or sharded with an index)."""
+
+    def __init__(self, directory: str | Path, role: str):
+        self.dir = Path(directory)
+        self.role = role
+        if not self.dir.is_dir():
+            raise ELOError(f"{role} model directory not found: {self.dir}")
+        cfg = self.dir / "config.json"
+        if not cfg.is_file():
+            raise ELOError(f"{role} model {self.dir} has no config.json")
+        self.config: dict[str, Any] = json.loads(cfg.read_text())
+        index = self.dir / "model.safetensors.index.json"
+        single = self.dir / "model.safetensors"
+        if index.is_file():
+            weight_map = json.loads(index.read_text()).get("weight_map", {})
+            self.weight_map: dict[str, str] = dict(weight_map)
+            for shard in sorted(set(self.weight_map.values())):
+                if not (self.dir / shard).is_file():
+                    raise ELOError(f"{role} model {self.dir}: shard {shard} listed in the index is missing")
+        elif single.is_file():
+            with safe_open(single, framework="pt") as f:
+                self.weight_map = {k: "model.safetensors" for k in f.keys()}
+        else:
+            raise ELOError(
+                f"{role} model {self.dir} has no safetensors weights (model.safetensors or "
+                "model.safetensors.index.json); convert .bin checkpoints with save_pretrained first"
+            )
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        self.dtypes: dict[str, torch.dtype] = {}
+        for shard in sorted(set(self.weight_map.values())):
+            with safe_open(self.dir / shard, framework="pt") as f:
+                names = set(f.keys())
+                for name, s in self.weight_map.items():
+                    if s != shard:
+                        continue
+                    if name not in names:
+                        raise ELOError(f"{role} model {self.dir}: tensor {name} not found in shard {shard}")
+                    sl = f.get_slice(name)
+                    self.shapes[name] = tuple(sl.get_shape())
+                    dt = sl.get_dtype()
+                    if dt not in _ST_NAME_TO_DTYPE:
+                        raise ELOError(f"{role} model {self.dir}: unsupported dtype {dt} for {name}")
+                    self.dtypes[name] = _ST_NAME_TO_DTYPE[dt]
+
+    def names(self) -> set[str]:
+        return set(self.weight_map)
+
+
+class _Reader:
+    """Lazily opened shard handles (memory-mapped); tensors are read one by one."""
+
+    def __init__(self, ckpt: _Checkpoint, stack: ExitStack):
+        self.ckpt = ckpt
+        self.stack = stack
+        self.handles: dict[str, Any] = {}
+
+    def get(self, name: str) -> torch.Tensor:
+        shard = self.ckpt.weight_map[name]
+        if shard not in self.handles:
+            self.handles[shard] = self.stack.enter_context(safe_open(self.ckpt.dir / shard, framework="pt"))
+        return _load_tensor(self.handles[shard], name)
+
+
+def _load_tensor(handle: Any, name: str) -> torch.Tensor:
+    """Read one tensor from an open safetensors handle (module-level so tests can instrument it)."""
+    return handle.get_tensor(name)
+
+
+# --------------------------------------------------------------------------------------------------- writing
+
+
+def parse_size(size: int | str) -> int:
+    """``"5GB"``/``"200MB"``/``"64KB"``/int bytes -> bytes (decimal units, as HF uses)."""
+    if isinstance(size, int):
+        return size
+    s = str(size).strip().upper()
+    for unit, mult in (("GIB", 2**30), ("MIB", 2**20), ("KIB", 2**10), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3), ("B", 1)):
+        if s.endswith(unit):
+            return int(float(s[: -len(unit)]) * mult)
+    return int(s)
+
+
+def _plan_shards(specs: list[tuple[str, tuple[int, ...], torch.dtype]], max_shard_bytes: int) -> list[list[int]]:
+    shards: list[list[int]] = [[]]
+    size = 0
+    for i, (_, shape, dtype) in enumerate(specs):
+        nbytes = _numel(shape) * _itemsize(dtype)
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(i)
+        size += nbytes
+    return shards
+
+
+def _numel(shape: Sequence[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+class _StreamingShardWriter:
+    """Writes one safetensors file whose header is known in advance; tensors are appended in header order."""
+
+    def __init__(self, path: Path, specs: list[tuple[str, tuple[int, ...], torch.dtype]], metadata: dict[str, str]):
+        header: dict[str, Any] = {"__metadata__": metadata}
+        offset = 0
+        self.expected: list[tuple[str, tuple[int, ...], torch.dtype]] = []
+        for name, shape, dtype in specs:
+            nbytes = _numel(shape) * _itemsize(dtype)
+            header[name] = {"dtype": _ST_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            offset += nbytes
+            self.expected.append((name, tuple(shape), dtype))
+        raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        raw += b" " * ((8 - len(raw) % 8) % 8)  # safetensors aligns the data section to 8 bytes
+        self.path = path
+        self.total = offset
+        self._fh = open(path, "wb")
+        self._fh.write(struct.pack("<Q", len(raw)))
+        self._fh.write(raw)
+        self._next = 0
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        exp_name, exp_shape, exp_dtype = self.expected[self._next]
+        if name != exp_name or tuple(tensor.shape) != exp_shape or tensor.dtype != exp_dtype:
+            raise RuntimeError(f"writer expected {exp_name}{exp_shape}/{exp_dtype}, got {name}{tuple(tensor.shape)}")
+        data = tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy()
+        self._fh.write(memoryview(data))
+        self._next += 1
+
+    def close(self) -> None:
+        self._fh.close()
+        if self._next != len(self.expected):
+            raise RuntimeError(f"{self.path}: wrote {self._next} of {len(self.expected)} tensors")
+
+
+# --------------------------------------------------------------------------------------------------- validation
+
+
+def is_vocab_tensor(name: str) -> bool:
+    return any(k in name for k in VOCAB_TENSOR_KEYS)
+
+
+def _check_architectures(base: _Checkpoint, instruct: _Checkpoint, target: _Checkpoint) -> None:
+    for field in ARCH_FIELDS:
+        values = {c.role: _config_field(c.config, field) for c in (base, instruct, target)}
+        if len({json.dumps(v) for v in values.values()}) != 1:
+            raise ELOError(
+                f"architecture mismatch on {field}: "
+                + ", ".join(f"{role}={v!r}" for role, v in values.items())
+                + "; a chat vector only transfers between models of the same architecture"
+            )
+
+
+def _config_field(config: dict[str, Any], field: str) -> Any:
+    if field in config:
+        return config[field]
+    text = config.get("text_config")  # multimodal wrappers keep the LM config nested
+    if isinstance(text, dict):
+        return text.get(field)
+    return None
+
+
+def _check_tensors(base: _Checkpoint, instruct: _Checkpoint, target: _Checkpoint) -> None:
+    names = {c.role: c.names() for c in (base, instruct, target)}
+    union = set().union(*names.values())
+    for c in (base, instruct, target):
+        missing = sorted(union - names[c.role])
+        if missing:
+            more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+            raise ELOError(f"tensor {missing[0]} missing in the {c.role} model {c.dir}: {', '.join(missing[:5])}{more}")
+
+
+# --------------------------------------------------------------------------------------------------- main entry
+
+
+def apply_chat_vector(
+    base: str,
+    instruct: str,
+    target: str,
+    output: str,
+    ratio: float = 1.0,
+    skip: Sequence[str] = ("embed_tokens", "lm_head"),
+    vocab_mismatch: VocabMismatch = "skip",
+    max_shard_size: int | str = "5GB",
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write ``target + ratio * (instruct - base)`` to ``output``, tensor by tensor.
+
+    Args:
+        base: the base model directory (θ_base), e.g. ``Qwen/Qwen2.5-7B`` saved locally.
+        instruct: its instruction-tuned sibling (θ_inst); its tokenizer files and chat template are copied.
+        target: the language-adapted model (e.g. ELO-aligned) that receives the vector; its config and dtype are kept.
+        output: output directory (safetensors shards + index, config, tokenizer, ``elo_manifest.json``).
+        ratio: scale of the chat vector.
+        skip: tensors whose name contains any of these substrings are copied from the target unchanged
+            (default: embeddings and LM head, as in the chat-vector paper).
+        vocab_mismatch: for embedding/head tensors (not skipped) whose row count differs between the models:
+            ``"skip"`` keeps the target's tensor, ``"slice"`` adds the vector to the rows common to all three,
+            ``"error"`` refuses.
+        max_shard_size: maximum output shard size (bytes or ``"5GB"``-style string).
+        overwrite: allow writing into an ``output`` directory that already holds weights.
+
+    Returns:
+        ``{"added", "skipped", "sliced", "vocab_skipped", "copied_non_float", "tensors", "shards", "output"}``.
+
+    Raises:
+        ELOError: different architectures, a tensor missing from one model, a shape mismatch (other than
+        vocabulary rows handled by ``vocab_mismatch``), an unusable output directory.
+    """
+    if vocab_mismatch not in ("skip", "slice", "error"):
+        raise ELOError(f"vocab_mismatch must be 'skip', 'slice' or 'error', got {vocab_mismatch!r}")
+    skip = tuple(skip or ())
+    out_dir = Path(output)
+    sources = {"base": Path(base), "instruct": Path(instruct), "target": Path(target)}
+    for role, src in sources.items():
+        if src.exists() and out_dir.exists() and src.resolve() == out_dir.resolve():
+            raise ELOError(f"output {out_dir} is the {role} model directory; choose a new directory")
+
+    b, i, t = (_Checkpoint(sources[r], r) for r in ("base", "instruct", "target"))
+    _check_architectures(b, i, t)
+    _check_tensors(b, i, t)
+
+    # Plan every tensor from metadata before reading data: action + output spec.
+    order = sorted(t.weight_map, key=lambda n: (t.weight_map[n], n))  # sequential reads of the target's shards
+    plan: list[tuple[str, str]] = []  # (name, action)
+    for name in order:
+        shapes = (b.shapes[name], i.shapes[name], t.shapes[name])
+        if any(s in name for s in skip):
+            plan.append((name, "skip"))
+            continue
+        if not t.dtypes[name].is_floating_point:
+            if len(set(shapes)) != 1:
+                raise ELOError(f"shape mismatch for {name}: base {shapes[0]}, instruct {shapes[1]}, target {shapes[2]}")
+            plan.append((name, "copy_non_float"))
+            continue
+        if len(set(shapes)) == 1:
+            plan.append((name, "add"))
+            continue
+        rows_only = is_vocab_tensor(name) and len({s[1:] for s in shapes}) == 1 and len({len(s) for s in shapes}) == 1
+        if not rows_only:
+            raise ELOError(f"shape mismatch for {name}: base {shapes[0]}, instruct {shapes[1]}, target {shapes[2]}")
+        if vocab_mismatch == "error":
+            raise ELOError(
+                f"vocabulary size differs for {name}: base {shapes[0][0]}, instruct {shapes[1][0]}, "
+                f"target {shapes[2][0]} rows (use vocab_mismatch='skip' or 'slice', or add it to skip)"
+            )
+        plan.append((name, "vocab_skip" if vocab_mismatch == "skip" else "slice"))
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    existing = [p for p in out_dir.iterdir() if p.suffix == ".safetensors" or p.name.endswith(".safetensors.index.json")]
+    if existing and not overwrite:
+        raise ELOError(f"output {out_dir} already holds weights ({existing[0].name}); pass overwrite=True or a new dir")
+    for p in existing:
+        p.unlink()
+
+    specs = [(name, t.shapes[name], t.dtypes[name]) for name, _ in plan]
+    shard_groups = _plan_shards(specs, parse_size(max_shard_size))
+    n_shards = len(shard_groups)
+    shard_names = (
+        ["model.safetensors"]
+        if n_shards == 1
+        else [f"model-{k + 1:05d}-of-{n_shards:05d}.safetensors" for k in range(n_shards)]
+    )
+    counts = {"added": 0, "skipped": 0, "sliced": 0, "vocab_skipped": 0, "copied_non_float": 0}
+    weight_map: dict[str, str] = {}
+    total_size = 0
+    with ExitStack() as stack:
+        readers = {c.role: _Reader(c, stack) for c in (b, i, t)}
+        for shard_name, group in zip(shard_names, shard_groups):
+            writer = _StreamingShardWriter(out_dir / shard_name, [specs[k] for k in group], {"format": "pt"})
+            try:
+                for k in group:
+                    name, action = plan[k]
+                    result = _combine(name, action, readers, ratio)
+                    writer.write(name, result)
+                    del result
+                    counts[{"add": "added", "skip": "skipped", "slice": "sliced", "vocab_skip": "vocab_skipped",
+                            "copy_non_float": "copied_non_float"}[action]] += 1
+                    weight_map[name] = shard_name
+            finally:
+                writer.close()
+            total_size += writer.total
+    if n_shards > 1:
+        index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
+        (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+    # Config (and generation config) of the target; tokenizer + chat template of the instruct model.
+    for fname in ("config.json", "generation_config.json"):
+        if (t.dir / fname).is_file():
+            shutil.copy2(t.dir / fname, out_dir / fname)
+    copied_tok: list[str] = []
+    for pattern in TOKENIZER_FILE_GLOBS:
+        for f in sorted(i.dir.glob(pattern)):
+            if f.is_file():
+                shutil.copy2(f, out_dir / f.name)
+                copied_tok.append(f.name)
+
+    summary: dict[str, Any] = {
+        **counts,
+        "tensors": len(plan),
+        "shards": n_shards,
+        "total_bytes": total_size,
+        "output": str(out_dir),
+    }
+    manifest = {
+        "stage": "chat_vector",
+        "formula": "target + ratio * (instruct - base)",
+        "sources": {role: str(p.resolve()) for role, p in sources.items()},
+        "ratio": ratio,
+        "skip": list(skip),
+        "vocab_mismatch": vocab_mismatch,
+        "counts": counts,
+        "tensors": len(plan),
+        "shards": n_shards,
+        "tokenizer_files_from_instruct": copied_tok,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    (out_dir / "elo_manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return summary
+
+
+def _combine(name: str, action: str, readers: dict[str, _Reader], ratio: float) -> torch.Tensor:
+    """One output tensor; holds at most the three source tensors and their float32 working copies."""
+    tgt = readers["target"].get(name)
+    if action in ("skip", "vocab_skip", "copy_non_float"):
+        return tgt
+    dtype = tgt.dtype
+    out = tgt.to(torch.float32, copy=True)
+    del tgt
+    inst = readers["instruct"].get(name)
+    base = readers["base"].get(name)
+    if action == "add":
+        delta = inst.to(torch.float32) - base.to(torch.float32)
+        out.add_(delta, alpha=ratio)
+    else:  # slice: vector on the rows common to all three
+        n = min(inst.shape[0], base.shape[0], out.shape[0])
+        delta = inst[:n].to(torch.float32) - base[:n].to(torch.float32)
+        out[:n].add_(delta, alpha=ratio)
+    del inst, base, delta
+    return out.to(dtype)
+
+
+def iter_output_tensors(directory: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """Stream (name, tensor) from a safetensors checkpoint directory (utility for checks and tests)."""
+    ckpt = _Checkpoint(directory, "checkpoint")
+    with ExitStack() as stack:
+        reader = _Reader(ckpt, stack)
+        for name in sorted(ckpt.weight_map):
+            yield name, reader.get(name)
