@@ -1,0 +1,64 @@
+"""Export a trained stage as a plain HF directory (transformers, vLLM, lm-eval load it) with a manifest of how it was made."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from transformers import PreTrainedModel
+
+from elo_lightning.io import atomic_dir, write_json_atomic
+
+EXPORT_MANIFEST = "elo_export.json"
+
+
+def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """Unsharded CPU state dict; gathers DTensor (FSDP2) shards. Collective: every rank must call it."""
+    sharded = any(type(p).__name__ == "DTensor" for p in model.parameters())
+    if not sharded:
+        return None  # save_pretrained reads the model itself
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def is_rank_zero() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def export_hf(
+    model: PreTrainedModel,
+    output_dir: str | Path,
+    manifest: dict[str, Any],
+    tokenizer=None,
+    extra_json: dict[str, dict] | None = None,
+) -> Path:
+    """Atomic ``save_pretrained`` (+ tokenizer, + ``elo_export.json`` and any extra JSON files) from rank 0."""
+    state = full_state_dict(model)
+    if is_rank_zero():
+        with atomic_dir(output_dir) as tmp:
+            model.save_pretrained(tmp, state_dict=state) if state is not None else model.save_pretrained(tmp)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(tmp)
+            for name, data in (extra_json or {}).items():
+                write_json_atomic(tmp / name, data)
+            write_json_atomic(tmp / EXPORT_MANIFEST, manifest)
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+    return Path(output_dir)
+
+
+def stage_manifest(module, **extra: Any) -> dict[str, Any]:
+    """Stage, source, steps, data and the module/datamodule hyperparameters: enough to redo the run."""
+    trainer = getattr(module, "_trainer", None)
+    dm = getattr(trainer, "datamodule", None) if trainer is not None else None
+    return {
+        "stage": module.stage,
+        "source": module.source,
+        "global_step": trainer.global_step if trainer is not None else 0,
+        "config": dict(module.hparams),
+        "data": dict(dm.hparams) if dm is not None and hasattr(dm, "hparams") else None,
+        **extra,
+    }

@@ -1,0 +1,156 @@
+"""What every training stage shares: causal-LM loss, per-language validation, optimizer, HF export.
+
+Subclasses only say which model they train (``build_model``: load, cut, freeze). The model is built in
+``configure_model`` so that sharding strategies can wrap it and so that big models are never built twice.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, ClassVar
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+from torchmetrics import MeanMetric
+from transformers import PreTrainedModel
+
+from elo_lightning.errors import ELOError
+from elo_lightning.export import export_hf, stage_manifest
+from elo_lightning.optim import OptimizerConfig, build_optimizer, build_scheduler
+
+HF_BATCH_KEYS = ("input_ids", "labels", "attention_mask", "position_ids")
+
+
+class CausalLMModule(L.LightningModule):
+    stage: ClassVar[str] = "causal_lm"
+
+    def __init__(
+        self,
+        model: str,
+        tokenizer: str | None = None,
+        optimizer: OptimizerConfig | None = None,
+        seed: int = 42,
+        export_dir: str | None = None,
+        gradient_checkpointing: bool = False,
+        measure_flops: bool = True,
+    ) -> None:
+        """
+        Args:
+            model: HF model directory, hub id, or an architecture ``.json`` (random init, seeded).
+            tokenizer: the data's tokenizer (linked from the datamodule by the CLI); checked against the
+                vocabulary and saved with exports.
+            optimizer: optimizer and schedule; paper defaults (8-bit AdamW, lr 5e-6, cosine).
+            seed: seed for random init from an architecture config.
+            export_dir: write an HF directory of the trained model here when fit ends.
+            gradient_checkpointing: recompute activations in backward (non-reentrant).
+            measure_flops: count FLOPs per batch on a meta-device copy (for throughput/MFU logging).
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.source = model
+        self.optim_cfg = optimizer or OptimizerConfig()
+        self.model: PreTrainedModel | None = None
+        self.flops_per_batch: int | None = None
+        self.val_metrics = torch.nn.ModuleDict()
+        self._tokenizer = None
+
+    # -- what subclasses define -------------------------------------------------------------------
+    def build_model(self, device: str = "cpu") -> PreTrainedModel:
+        """The model this stage trains, with ``requires_grad`` set. ``device="meta"`` builds a weightless copy."""
+        raise NotImplementedError
+
+    def export(self, output_dir: str | Path) -> Path:
+        """HF directory of the trained model plus ``elo_export.json``."""
+        return export_hf(self.model, output_dir, stage_manifest(self), tokenizer=self.tokenizer())
+
+    def tokenizer(self):
+        if self._tokenizer is None and self.hparams.tokenizer:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.hparams.tokenizer)
+        return self._tokenizer
+
+    # -- model ------------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        self.model = self.build_model()
+        if self.hparams.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.device_mesh is not None:
+            from elo_lightning.sharding import shard_model
+
+            shard_model(self.model, self.device_mesh)
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        tokenizer = self.tokenizer()
+        if tokenizer is not None:
+            from elo_lightning.models import load_config
+
+            vocab = load_config(self.config_source()).vocab_size
+            if len(tokenizer) > vocab:
+                raise ELOError(
+                    f"tokenizer has {len(tokenizer)} tokens but the model's vocabulary has {vocab}: "
+                    "they do not belong together"
+                )
+        for lang in getattr(dm, "val_languages", None) or []:
+            self.val_metrics[lang] = MeanMetric()
+
+    def config_source(self) -> str:
+        return self.source
+
+    def trainable_named_parameters(self):
+        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+
+    # -- steps ------------------------------------------------------------------------------------
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model(**{k: batch[k] for k in HF_BATCH_KEYS if k in batch}).loss
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self.hparams.measure_flops and self.flops_per_batch is None:
+            from elo_lightning.flops import measure_train_flops
+
+            b, t = batch["input_ids"].shape
+            self.flops_per_batch = measure_train_flops(lambda: self.build_model(device="meta"), b, t)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        languages = list(self.val_metrics.keys())
+        lang = languages[dataloader_idx] if languages else "all"
+        if lang not in self.val_metrics:
+            self.val_metrics[lang] = MeanMetric().to(self.device)
+        loss = self(batch)
+        self.val_metrics[lang].update(loss.detach().float(), weight=batch["input_ids"].numel())
+
+    def on_validation_epoch_end(self) -> None:
+        for lang, metric in self.val_metrics.items():
+            if metric.update_count == 0:
+                continue
+            loss = metric.compute()
+            self.log(f"val/{lang}/loss", loss, prog_bar=True, sync_dist=False)
+            self.log(f"val/{lang}/ppl", torch.exp(loss.clamp(max=50)), sync_dist=False)
+            metric.reset()
+
+    # -- optimizer --------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        optimizer = build_optimizer(self.trainable_named_parameters(), self.optim_cfg)
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ELOError("the training stream is endless: set trainer.max_steps so the schedule has a length")
+        scheduler = build_scheduler(optimizer, self.optim_cfg, int(total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_fit_end(self) -> None:
+        if self.hparams.export_dir:
+            self.export(self.hparams.export_dir)
+
+    @rank_zero_only
+    def _print(self, msg: str) -> None:
+        print(msg)

@@ -1,0 +1,78 @@
+"""ELO pretraining: train only the detached layers; the frozen middle of the model is never computed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+
+from elo_lightning.export import export_hf, stage_manifest
+from elo_lightning.models import load_causal_lm, load_config
+from elo_lightning.modules.base import CausalLMModule
+from elo_lightning.surgery import MANIFEST, DetachManifest, detach, load_detached, read_manifest
+
+
+class DetachedLayerModule(CausalLMModule):
+    stage = "elo"
+
+    def __init__(
+        self,
+        model: str,
+        layers: str = "1,-1",
+        train_embeddings: bool = False,
+        train_norm: bool = False,
+        train_head: bool = False,
+        **kwargs,
+    ) -> None:
+        """
+        Args:
+            model: the full source model (HF dir, hub id, architecture .json) or an already detached checkpoint.
+            layers: λ, 1-based as in the paper ("1,-1" = first and last; "1,16,32"). Ignored for a detached checkpoint.
+            train_embeddings: also train the token embedding (frozen in the paper).
+            train_norm: also train the final norm.
+            train_head: also train the LM head (frozen in the paper; tied heads follow the embedding).
+        """
+        super().__init__(model=model, **kwargs)
+        self.save_hyperparameters()
+        self.manifest: DetachManifest | None = None
+
+    @property
+    def from_detached(self) -> bool:
+        return (Path(self.source) / MANIFEST).is_file()
+
+    def build_model(self, device: str = "cpu") -> PreTrainedModel:
+        if self.from_detached:
+            manifest = read_manifest(self.source)
+            if device == "meta":
+                import torch
+
+                with torch.device("meta"):
+                    small = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(self.source))
+            else:
+                small, manifest = load_detached(self.source)
+        else:
+            full = load_causal_lm(self.source, seed=self.hparams.seed, device=device)
+            small, manifest = detach(full, self.hparams.layers, copy_weights=False)
+            del full
+        manifest.trained.update(
+            embed_tokens=self.hparams.train_embeddings, norm=self.hparams.train_norm, lm_head=self.hparams.train_head
+        )
+        small.requires_grad_(False)
+        small.model.layers.requires_grad_(True)
+        small.get_input_embeddings().requires_grad_(self.hparams.train_embeddings)
+        small.model.norm.requires_grad_(self.hparams.train_norm)
+        if self.hparams.train_head or not small.config.tie_word_embeddings:
+            small.lm_head.requires_grad_(self.hparams.train_head)
+        if device != "meta":
+            self.manifest = manifest
+        return small
+
+    def config_source(self) -> str:
+        return self.source
+
+    def export(self, output_dir: str | Path) -> Path:
+        """A detached checkpoint: HF directory + ``elo_manifest.json`` that ``attach`` checks against the source."""
+        meta = stage_manifest(self, layers_1based=self.manifest.layers_1based)
+        return export_hf(
+            self.model, output_dir, meta, tokenizer=self.tokenizer(), extra_json={MANIFEST: self.manifest.to_json()}
+        )

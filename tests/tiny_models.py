@@ -1,0 +1,27 @@
+"""Tiny configs of every supported family, small enough for CPU tests."""
+
+from __future__ import annotations
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+COMMON = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, vocab_size=512,
+              max_position_embeddings=256)
+
+TINY = {
+    "llama": dict(model_type="llama", num_hidden_layers=6, tie_word_embeddings=False),
+    "mistral": dict(model_type="mistral", num_hidden_layers=6, sliding_window=None),
+    "qwen2-tied": dict(model_type="qwen2", num_hidden_layers=6, tie_word_embeddings=True),
+    "qwen2-untied": dict(model_type="qwen2", num_hidden_layers=6, tie_word_embeddings=False,
+                         use_sliding_window=True, sliding_window=4, max_window_layers=3),
+    "gemma3": dict(model_type="gemma3_text", num_hidden_layers=6, head_dim=16, sliding_window=4,
+                   layer_types=["sliding_attention"] * 5 + ["full_attention"]),
+}
+
+
+def tiny_model(family: str, seed: int = 0) -> torch.nn.Module:
+    fields = {**COMMON, **TINY[family]}
+    config = AutoConfig.for_model(fields.pop("model_type"), **fields)
+    config._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config).eval()
