@@ -1,0 +1,478 @@
+"""Supervised fine-tuning (SFT) data: chat conversations -> token ids with assistant-only labels.
+
+Input: JSON lines, one conversation per line, in either layout
+
+* ShareGPT: ``{"conversations": [{"from": "human"|"gpt"|"system"|"user"|"assistant", "value": "..."}], "lang": "ko"}``
+* OpenAI-style: ``{"messages": [{"role": "user"|"assistant"|"system", "content": "..."}], "lang": "en"}``
+
+Rendering uses the tokenizer's chat template (``tokenizer.apply_chat_template``); when the tokenizer has none,
+:data:`FALLBACK_CHAT_TEMPLATE` is used: ``<|role|>\\ncontent{eos}\\n`` per turn (the shipped
+``configs/tokenizer`` template is the same layout with ``<|end|>`` as end-of-turn token).
+
+Labels are ``-100`` everywhere except on the tokens of assistant contents and the end-of-turn token right after
+each assistant content (``<|end|>`` for the shipped template), so the model learns to answer and to stop, and
+never learns to predict user/system text or template markup. Message contents are stripped of surrounding
+whitespace before rendering.
+
+Language mixing (one design): every record has a language -- its ``lang`` field, else the ``language`` of its
+:class:`SFTSource`, else ``"unknown"``. ``lang_weights`` (default ``{"ko": 1.0, "en": 1.0}``: target language and
+English 1:1) selects languages and their shares of the training epoch; records of other languages are dropped
+(counted in ``dropped_languages``). The epoch has as many examples as the selected languages have together;
+a language whose share exceeds its data is oversampled (whole repeats plus a random remainder), one below
+is subsampled without replacement. The mix is drawn once at ``setup`` from ``seed``; the train loader reshuffles
+it every epoch. Validation holds out ``val_fraction`` of each language *before* mixing and is never resampled.
+
+Malformed conversations are never trained on: they are counted per reason in ``datamodule.skipped``
+(``invalid_json``, ``malformed``, ``empty``, ``unknown_role``, ``no_assistant_turn``, ``template_mismatch``,
+``too_long``) and summarised at setup. Conversations longer than ``max_length`` are skipped, not truncated.
+
+Batches (dicts passed straight to an HF causal LM):
+
+* ``packing=False``: ``input_ids``, ``attention_mask``, ``labels``, right-padded to the batch max with the pad id
+  (labels ``-100`` on pads).
+* ``packing=True``: several conversations per row (greedy, up to ``max_length`` tokens), ``input_ids``,
+  ``labels``, ``position_ids`` restarting at 0 for each conversation and **no** ``attention_mask``: transformers
+  (>=4.56, ``masking_utils.find_packed_sequence_indices``) then builds a block-diagonal causal mask from the
+  position ids for sdpa/eager/flash attention, so conversations in one row never attend to each other (tested:
+  logits of a packed row equal each conversation run alone). Row padding forms its own block, labels ``-100``.
+  Packed batches also carry ``use_cache=False`` (a plain bool): transformers only detects packed sequences when
+  no cache is passed, and ``config.use_cache`` defaults to True even in train mode, which would silently let
+  packed conversations attend to each other.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch.utils.data import DataLoader, Dataset
+
+from elo_lightning.errors import ELOError
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\\n' + message['content'] + eos_token + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+
+ROLE_MAP = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bard": "assistant",
+    "bing": "assistant",
+    "model": "assistant",
+    "system": "system",
+}
+
+SKIP_REASONS = (
+    "invalid_json",
+    "malformed",
+    "empty",
+    "unknown_role",
+    "no_assistant_turn",
+    "template_mismatch",
+    "too_long",
+)
+
+DEFAULT_LANG_WEIGHTS = {"ko": 1.0, "en": 1.0}
+
+
+@dataclass
+class SFTSource:
+    """One SFT file (JSON lines). ``language`` is used for records without a ``lang`` field."""
+
+    path: str
+    language: str | None = None
+
+
+class _Skip(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+# --------------------------------------------------------------------------------------------------- parsing
+
+
+def normalize_conversation(record: Any) -> list[dict[str, str]]:
+    """ShareGPT (``conversations``/``from``/``value``) or ``messages``/``role``/``content`` -> role/content list.
+
+    Raises ``_Skip(reason)`` for malformed records.
+    """
+    if not isinstance(record, dict):
+        raise _Skip("malformed")
+    if "conversations" in record:
+        turns, role_key, content_key = record["conversations"], "from", "value"
+    elif "messages" in record:
+        turns, role_key, content_key = record["messages"], "role", "content"
+    else:
+        raise _Skip("malformed")
+    if not isinstance(turns, list):
+        raise _Skip("malformed")
+    if not turns:
+        raise _Skip("empty")
+    messages = []
+    for turn in turns:
+        if not isinstance(turn, dict):
+            raise _Skip("malformed")
+        role = turn.get(role_key, turn.get("role", turn.get("from")))
+        content = turn.get(content_key, turn.get("content", turn.get("value")))
+        if not isinstance(role, str) or (content is not None and not isinstance(content, str)):
+            raise _Skip("malformed")
+        if role.lower() not in ROLE_MAP:
+            raise _Skip("unknown_role")
+        if content is None or not content.strip():
+            raise _Skip("empty")
+        messages.append({"role": ROLE_MAP[role.lower()], "content": content.strip()})
+    if not any(m["role"] == "assistant" for m in messages):
+        raise _Skip("no_assistant_turn")
+    return messages
+
+
+class ChatEncoder:
+    """Renders conversations with a chat template and builds assistant-only labels."""
+
+    def __init__(self, tokenizer: Any, max_length: int):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        if getattr(tokenizer, "chat_template", None) is None:
+            rank_zero_warn("tokenizer has no chat template; using elo_lightning.data.sft.FALLBACK_CHAT_TEMPLATE")
+            tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
+        if not getattr(tokenizer, "is_fast", False):
+            raise ELOError("SFT labels need a fast tokenizer (offset mapping); got a slow one")
+        self.end_marker = self._detect_end_marker()
+
+    def _detect_end_marker(self) -> str | None:
+        sentinel = "ZZSENTINELZZ"
+        text = self.render([{"role": "user", "content": "q"}, {"role": "assistant", "content": sentinel}])
+        after = text[text.rindex(sentinel) + len(sentinel):]
+        specials = set(getattr(self.tokenizer, "all_special_tokens", []) or [])
+        specials |= set((self.tokenizer.get_added_vocab() or {}).keys())
+        candidates = [s for s in specials if s and after.startswith(s)]
+        if candidates:
+            return max(candidates, key=len)
+        rank_zero_warn(
+            "chat template puts no special end-of-turn token after assistant content; "
+            "the model will not be trained to stop"
+        )
+        return None
+
+    def render(self, messages: list[dict[str, str]]) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+
+    def encode(self, messages: list[dict[str, str]]) -> dict[str, list[int]]:
+        text = self.render(messages)
+        spans: list[tuple[int, int]] = []
+        cursor = 0
+        for m in messages:
+            pos = text.find(m["content"], cursor)
+            if pos < 0:
+                raise _Skip("template_mismatch")
+            end = pos + len(m["content"])
+            cursor = end
+            if m["role"] == "assistant":
+                if self.end_marker and text.startswith(self.end_marker, end):
+                    end += len(self.end_marker)
+                spans.append((pos, end))
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = list(enc["input_ids"])
+        if len(ids) > self.max_length:
+            raise _Skip("too_long")
+        labels = [IGNORE_INDEX] * len(ids)
+        k = 0
+        for j, (start, stop) in enumerate(enc["offset_mapping"]):
+            if stop <= start:
+                continue
+            while k < len(spans) and spans[k][1] <= start:
+                k += 1
+            if k < len(spans) and start < spans[k][1] and stop > spans[k][0]:
+                labels[j] = ids[j]
+        if all(lab == IGNORE_INDEX for lab in labels):
+            raise _Skip("template_mismatch")
+        return {"input_ids": ids, "labels": labels}
+
+
+# --------------------------------------------------------------------------------------------------- datasets
+
+
+class _ListDataset(Dataset):
+    def __init__(self, items: list[dict[str, Any]]):
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.items[i]
+
+
+def pack_examples(examples: list[dict[str, Any]], max_length: int) -> list[dict[str, list[int]]]:
+    """Greedy next-fit packing: conversations in order, a new row when the next one does not fit."""
+    rows: list[dict[str, list[int]]] = []
+    cur: dict[str, list[int]] = {"input_ids": [], "labels": [], "position_ids": []}
+    for ex in examples:
+        n = len(ex["input_ids"])
+        if cur["input_ids"] and len(cur["input_ids"]) + n > max_length:
+            rows.append(cur)
+            cur = {"input_ids": [], "labels": [], "position_ids": []}
+        labels = list(ex["labels"])
+        labels[0] = IGNORE_INDEX  # never predict across a conversation boundary
+        cur["input_ids"] += ex["input_ids"]
+        cur["labels"] += labels
+        cur["position_ids"] += list(range(n))
+    if cur["input_ids"]:
+        rows.append(cur)
+    return rows
+
+
+def collate_padded(items: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(x["input_ids"]) for x in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    for r, x in enumerate(items):
+        n = len(x["input_ids"])
+        ids[r, :n] = torch.tensor(x["input_ids"])
+        labels[r, :n] = torch.tensor(x["labels"])
+        mask[r, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def collate_packed(items: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
+    width = max(len(x["input_ids"]) for x in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long)
+    pos = torch.zeros((len(items), width), dtype=torch.long)
+    for r, x in enumerate(items):
+        n = len(x["input_ids"])
+        ids[r, :n] = torch.tensor(x["input_ids"])
+        labels[r, :n] = torch.tensor(x["labels"])
+        pos[r, :n] = torch.tensor(x["position_ids"])
+        pos[r, n:] = torch.arange(width - n)  # padding is its own block
+    # use_cache=False is part of the batch on purpose: HF models default to use_cache=True (even in train mode),
+    # which creates a DynamicCache and silently disables the packed-sequence (block-diagonal) mask.
+    return {"input_ids": ids, "labels": labels, "position_ids": pos, "use_cache": False}
+
+
+def mix_by_language(
+    by_lang: dict[str, list[Any]], weights: dict[str, float], seed: int
+) -> tuple[list[Any], dict[str, dict[str, int]]]:
+    """Draw an epoch of ``sum(len)`` items where language ``l`` gets share ``w_l / sum(w)`` (seeded)."""
+    rng = random.Random(seed)
+    langs = [lang for lang in weights if by_lang.get(lang)]
+    total = sum(len(by_lang[lang]) for lang in langs)
+    wsum = sum(weights[lang] for lang in langs)
+    mixed: list[Any] = []
+    report: dict[str, dict[str, int]] = {}
+    for lang in langs:
+        pool = by_lang[lang]
+        want = int(round(total * weights[lang] / wsum)) if wsum > 0 else 0
+        reps, rem = divmod(want, len(pool))
+        drawn = pool * reps + rng.sample(pool, rem)
+        mixed += drawn
+        report[lang] = {"available": len(pool), "drawn": len(drawn)}
+    rng.shuffle(mixed)
+    return mixed, report
+
+
+# --------------------------------------------------------------------------------------------------- module
+
+
+class SFTDataModule(L.LightningDataModule):
+    """Bilingual SFT conversations with assistant-only labels, language mixing and optional packing.
+
+    Args:
+        tokenizer: tokenizer directory (e.g. ``configs/tokenizer`` or the model directory).
+        files: JSONL sources; plain strings are accepted as ``SFTSource(path)``.
+        lang_weights: languages to train on and their shares of the epoch (default ``{"ko": 1, "en": 1}``).
+        max_length: longest conversation in tokens (longer ones are skipped) and packed row length.
+        batch_size: rows per batch (conversations, or packed rows with ``packing``).
+        num_workers: DataLoader workers.
+        seed: split, mix and shuffle seed.
+        packing: pack several conversations per row (``position_ids``, no ``attention_mask``).
+        val_fraction: share of each language held out for validation (0 disables validation).
+        val_per_language: return one validation loader per language (order: ``val_languages``) instead of one.
+    """
+
+    def __init__(
+        self,
+        tokenizer: str = "configs/tokenizer",
+        files: list[SFTSource] | None = None,
+        lang_weights: dict[str, float] | None = None,
+        max_length: int = 2048,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        seed: int = 42,
+        packing: bool = False,
+        val_fraction: float = 0.05,
+        val_per_language: bool = False,
+    ):
+        super().__init__()
+        if files is None:
+            files = [SFTSource("data/sample/sft/conversations.jsonl")]
+        self.files = [SFTSource(f) if isinstance(f, (str, Path)) else f for f in files]
+        self.files = [SFTSource(**f) if isinstance(f, dict) else f for f in self.files]
+        self.tokenizer_path = tokenizer
+        self.lang_weights = dict(DEFAULT_LANG_WEIGHTS if lang_weights is None else lang_weights)
+        if not self.lang_weights or any(w < 0 for w in self.lang_weights.values()):
+            raise ELOError(f"lang_weights must be non-empty with non-negative weights, got {self.lang_weights}")
+        if max_length < 2:
+            raise ELOError(f"max_length must be >= 2, got {max_length}")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ELOError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.packing = packing
+        self.val_fraction = val_fraction
+        self.val_per_language = val_per_language
+        self.tokenizer: Any = None
+        self.skipped: dict[str, int] = {}
+        self.dropped_languages: dict[str, int] = {}
+        self.mix: dict[str, dict[str, int]] = {}
+        self.val_languages: list[str] = []
+        self.train_examples: list[dict[str, Any]] = []
+        self.val_examples: dict[str, list[dict[str, Any]]] = {}
+        self._ready = False
+
+    # ----------------------------------------------------------------------------------------------- setup
+
+    def load_tokenizer(self) -> Any:
+        from transformers import AutoTokenizer
+
+        if self.tokenizer is None:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path)
+        return self.tokenizer
+
+    @property
+    def pad_id(self) -> int:
+        tok = self.load_tokenizer()
+        if tok.pad_token_id is not None:
+            return tok.pad_token_id
+        if tok.eos_token_id is not None:
+            return tok.eos_token_id
+        return 0
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._ready:
+            return
+        for src in self.files:
+            if not Path(src.path).is_file():
+                raise ELOError(f"SFT file not found: {src.path}")
+        encoder = ChatEncoder(self.load_tokenizer(), self.max_length)
+        skipped: Counter[str] = Counter()
+        dropped: Counter[str] = Counter()
+        by_lang: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for src in self.files:
+            with open(src.path, encoding="utf-8") as fh:
+                for line in fh:
+                    if not line.strip():
+                        continue
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError:
+                        skipped["invalid_json"] += 1
+                        continue
+                    lang = (record.get("lang") if isinstance(record, dict) else None) or src.language or "unknown"
+                    if lang not in self.lang_weights:
+                        dropped[lang] += 1
+                        continue
+                    try:
+                        example = encoder.encode(normalize_conversation(record))
+                    except _Skip as skip:
+                        skipped[skip.reason] += 1
+                        continue
+                    example["lang"] = lang
+                    by_lang[lang].append(example)
+        self.skipped = {reason: skipped.get(reason, 0) for reason in SKIP_REASONS}
+        self.dropped_languages = dict(dropped)
+        if not any(by_lang.values()):
+            raise ELOError(
+                f"no usable SFT conversations in {[s.path for s in self.files]} for languages "
+                f"{sorted(self.lang_weights)} (skipped: {dict(skipped)}, other languages: {dict(dropped)})"
+            )
+        rng = random.Random(self.seed)
+        train_by_lang: dict[str, list[dict[str, Any]]] = {}
+        self.val_examples = {}
+        for lang in sorted(by_lang):
+            items = list(by_lang[lang])
+            rng.shuffle(items)
+            n_val = int(round(self.val_fraction * len(items)))
+            if self.val_fraction > 0 and n_val == 0 and len(items) > 1:
+                n_val = 1
+            self.val_examples[lang] = items[:n_val]
+            train_by_lang[lang] = items[n_val:]
+        self.val_examples = {k: v for k, v in self.val_examples.items() if v}
+        self.val_languages = [lang for lang in self.lang_weights if lang in self.val_examples]
+        self.train_examples, self.mix = mix_by_language(train_by_lang, self.lang_weights, self.seed)
+        missing = [lang for lang in self.lang_weights if self.lang_weights[lang] > 0 and lang not in self.mix]
+        if missing:
+            rank_zero_warn(f"SFT: no usable conversations for languages {missing}")
+        self._ready = True
+        n_skip = sum(self.skipped.values())
+        rank_zero_info(
+            f"SFT data: {sum(len(v) for v in by_lang.values())} conversations kept "
+            f"({', '.join(f'{k}={len(v)}' for k, v in sorted(by_lang.items()))}); "
+            f"train mix {self.mix}; val {({k: len(v) for k, v in self.val_examples.items()})}; "
+            f"skipped {n_skip} {({k: v for k, v in self.skipped.items() if v})}; "
+            f"other languages dropped {self.dropped_languages}"
+        )
+
+    # ----------------------------------------------------------------------------------------------- loaders
+
+    def _rows(self, examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return pack_examples(examples, self.max_length) if self.packing else examples
+
+    def _collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        return collate_packed(items, self.pad_id) if self.packing else collate_padded(items, self.pad_id)
+
+    def _loader(self, rows: list[dict[str, Any]], shuffle: bool) -> DataLoader:
+        gen = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(
+            _ListDataset(rows),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            generator=gen,
+            num_workers=self.num_workers,
+            collate_fn=self._collate,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup("fit")
+        return self._loader(self._rows(self.train_examples), shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        self.setup("validate")
+        if self.val_per_language:
+            return [self._loader(self._rows(self.val_examples[lang]), shuffle=False) for lang in self.val_languages]
+        merged = [ex for lang in self.val_languages for ex in self.val_examples[lang]]
+        return self._loader(self._rows(merged), shuffle=False)
+
+    def summary(self) -> dict[str, Any]:
+        """What setup kept, mixed and skipped (for logs/manifests)."""
+        return {
+            "mix": self.mix,
+            "val": {k: len(v) for k, v in self.val_examples.items()},
+            "skipped": dict(self.skipped),
+            "dropped_languages": dict(self.dropped_languages),
+            "packing": self.packing,
+            "max_length": self.max_length,
+        }

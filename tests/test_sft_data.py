@@ -1,0 +1,190 @@
+"""SFT datamodule: assistant-only labels token by token, skip accounting, padding, mixing, packing isolation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from elo_lightning.data.sft import IGNORE_INDEX, SFTDataModule, SFTSource
+from elo_lightning.errors import ELOError
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKENIZER = str(ROOT / "configs" / "tokenizer")
+SAMPLE = ROOT / "data" / "sample" / "sft" / "conversations.jsonl"
+
+GOOD = [
+    {"conversations": [{"from": "human", "value": "안녕하세요?"}, {"from": "gpt", "value": "네, 안녕하세요! 무엇을 도와드릴까요?"}], "lang": "ko"},
+    {"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "Capital of France?"},
+                       {"from": "gpt", "value": "Paris."}, {"from": "human", "value": "And Korea?"},
+                       {"from": "gpt", "value": "Seoul."}], "lang": "en"},
+    {"messages": [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}], "lang": "en"},
+    {"conversations": [{"from": "user", "value": "김치는 뭐예요?"}, {"from": "assistant", "value": "한국의 전통 발효 음식입니다."}], "lang": "ko"},
+]
+BAD = [
+    ("empty", {"conversations": [], "lang": "en"}),
+    ("empty", {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "  "}], "lang": "en"}),
+    ("no_assistant_turn", {"conversations": [{"from": "human", "value": "hello?"}], "lang": "en"}),
+    ("unknown_role", {"conversations": [{"from": "robot", "value": "x"}, {"from": "gpt", "value": "y"}], "lang": "ko"}),
+    ("malformed", {"text": "not a conversation", "lang": "en"}),
+    ("malformed", {"conversations": [{"from": "human", "value": 3}, {"from": "gpt", "value": "y"}], "lang": "en"}),
+    ("too_long", {"conversations": [{"from": "human", "value": "long " * 400}, {"from": "gpt", "value": "ok"}], "lang": "en"}),
+]
+
+
+def _write(path: Path, records, extra_lines=()) -> str:
+    with open(path, "w", encoding="utf-8") as fh:
+        for r in records:
+            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+        for line in extra_lines:
+            fh.write(line + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return AutoTokenizer.from_pretrained(TOKENIZER)
+
+
+def _ids(tok, text):
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def test_labels_token_by_token(tmp_path, tok):
+    """Expected labels built independently: tokenize template pieces separately, mark assistant pieces."""
+    path = _write(tmp_path / "d.jsonl", [GOOD[1]])
+    dm = SFTDataModule(TOKENIZER, [SFTSource(path)], lang_weights={"en": 1.0}, max_length=256, val_fraction=0.0)
+    dm.setup("fit")
+    (ex,) = dm.train_examples
+    pieces = [  # (text, trained?)
+        ("<|system|>\nBe brief.<|end|>\n<|user|>\nCapital of France?<|end|>\n<|assistant|>\n", False),
+        ("Paris.", True), ("<|end|>", True),
+        ("\n<|user|>\nAnd Korea?<|end|>\n<|assistant|>\n", False),
+        ("Seoul.", True), ("<|end|>", True), ("\n", False),
+    ]
+    exp_ids, exp_labels = [], []
+    for text, trained in pieces:
+        ids = _ids(tok, text)
+        exp_ids += ids
+        exp_labels += ids if trained else [IGNORE_INDEX] * len(ids)
+    assert ex["input_ids"] == exp_ids
+    assert ex["labels"] == exp_labels
+    end_id = tok.convert_tokens_to_ids("<|end|>")
+    trained_ids = [i for i in ex["labels"] if i != IGNORE_INDEX]
+    assert trained_ids.count(end_id) == 2 and tok.decode(trained_ids) == "Paris.<|end|>Seoul.<|end|>"
+
+
+def test_korean_multibyte_labels(tmp_path, tok):
+    path = _write(tmp_path / "d.jsonl", [GOOD[0]])
+    dm = SFTDataModule(TOKENIZER, [path], lang_weights={"ko": 1.0}, max_length=256, val_fraction=0.0)
+    dm.setup()
+    (ex,) = dm.train_examples
+    trained = [i for i in ex["labels"] if i != IGNORE_INDEX]
+    assert tok.decode(trained) == "네, 안녕하세요! 무엇을 도와드릴까요?<|end|>"
+    untrained = [i for i, lab in zip(ex["input_ids"], ex["labels"]) if lab == IGNORE_INDEX]
+    assert tok.decode(untrained) == "<|user|>\n안녕하세요?<|end|>\n<|assistant|>\n\n"
+
+
+def test_skipped_counted_per_reason_and_never_trained(tmp_path):
+    path = _write(tmp_path / "d.jsonl", GOOD + [r for _, r in BAD], extra_lines=["{not json"])
+    other = _write(tmp_path / "ja.jsonl", [{"messages": [{"role": "user", "content": "こんにちは"},
+                                                          {"role": "assistant", "content": "はい"}]}])
+    dm = SFTDataModule(TOKENIZER, [SFTSource(path), SFTSource(other, language="ja")], max_length=128,
+                       val_fraction=0.0)
+    dm.setup("fit")
+    expected = {r: 0 for r in dm.skipped}
+    for reason, _ in BAD:
+        expected[reason] += 1
+    expected["invalid_json"] = 1
+    assert dm.skipped == expected
+    assert dm.dropped_languages == {"ja": 1}
+    assert {ex["lang"] for ex in dm.train_examples} == {"ko", "en"}
+    assert all(len(ex["input_ids"]) <= 128 for ex in dm.train_examples)
+    texts = {ex["lang"]: 0 for ex in dm.train_examples}
+    assert sum(dm.mix[lang]["available"] for lang in dm.mix) == len(GOOD)
+    assert texts
+
+
+def test_padded_batches(tmp_path, tok):
+    path = _write(tmp_path / "d.jsonl", GOOD)
+    dm = SFTDataModule(TOKENIZER, [path], lang_weights={"ko": 1, "en": 1}, max_length=256, batch_size=4,
+                       val_fraction=0.0)
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch) == {"input_ids", "attention_mask", "labels"}
+    lengths = batch["attention_mask"].sum(1)
+    assert batch["input_ids"].shape[1] == lengths.max()
+    for r, n in enumerate(lengths.tolist()):
+        assert (batch["input_ids"][r, n:] == tok.pad_token_id).all()
+        assert (batch["labels"][r, n:] == IGNORE_INDEX).all()
+        assert (batch["attention_mask"][r, :n] == 1).all()
+
+
+def test_language_mix_follows_weights(tmp_path):
+    records = [GOOD[0]] * 10 + [GOOD[2]] * 30
+    path = _write(tmp_path / "d.jsonl", records)
+    dm = SFTDataModule(TOKENIZER, [path], lang_weights={"ko": 1.0, "en": 1.0}, max_length=128, val_fraction=0.1)
+    dm.setup()
+    assert {k: len(v) for k, v in dm.val_examples.items()} == {"ko": 1, "en": 3}
+    assert dm.mix == {"ko": {"available": 9, "drawn": 18}, "en": {"available": 27, "drawn": 18}}
+    dm3 = SFTDataModule(TOKENIZER, [path], lang_weights={"ko": 3.0, "en": 1.0}, max_length=128, val_fraction=0.0)
+    dm3.setup()
+    assert dm3.mix["ko"]["drawn"] == 30 and dm3.mix["en"]["drawn"] == 10
+    assert len(dm.val_dataloader()) == 1
+    dm_pl = SFTDataModule(TOKENIZER, [path], max_length=128, val_fraction=0.1, val_per_language=True)
+    assert [len(dl.dataset) for dl in dm_pl.val_dataloader()] == [1, 3]
+    with pytest.raises(ELOError, match="no usable"):
+        SFTDataModule(TOKENIZER, [path], lang_weights={"ja": 1.0}).setup()
+
+
+def test_packing_never_mixes_conversations(tmp_path, tok):
+    path = _write(tmp_path / "d.jsonl", GOOD)
+    dm = SFTDataModule(TOKENIZER, [path], lang_weights={"ko": 1, "en": 1}, max_length=160, batch_size=2,
+                       packing=True, val_fraction=0.0, seed=3)
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch) == {"input_ids", "labels", "position_ids", "use_cache"} and batch["use_cache"] is False
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=len(tok))
+    for attn in ("sdpa", "eager"):
+        model = LlamaForCausalLM(cfg)
+        model.config._attn_implementation = attn
+        assert model.config.use_cache  # HF default; the batch itself must turn the cache off
+        model.train()  # dropout is 0 in the tiny config; train mode like the real fit loop
+        with torch.no_grad():
+            packed = model(**batch).logits
+            n_convs = 0
+            for r in range(batch["input_ids"].shape[0]):
+                pos = batch["position_ids"][r]
+                starts = (pos == 0).nonzero().flatten().tolist() + [len(pos)]
+                for a, b in zip(starts[:-1], starts[1:]):
+                    ids = batch["input_ids"][r, a:b]
+                    if (ids == tok.pad_token_id).all():
+                        continue  # padding block
+                    n_convs += 1
+                    alone = model(input_ids=ids[None]).logits[0]
+                    torch.testing.assert_close(packed[r, a:b], alone, rtol=1e-4, atol=1e-4)
+            assert n_convs > 2
+        # sanity: without position_ids, or with a cache, the row WOULD mix (so the check above is meaningful)
+        with torch.no_grad():
+            mixed = model(input_ids=batch["input_ids"]).logits
+            cached = model(**{**batch, "use_cache": True}).logits
+        assert not torch.allclose(mixed, packed, atol=1e-4)
+        assert not torch.allclose(cached, packed, atol=1e-4)
+        out = model(**batch)
+        assert torch.isfinite(out.loss)
+    # labels survive packing: the first token of every conversation is never a target
+    assert (batch["labels"][batch["position_ids"] == 0] == IGNORE_INDEX).all()
+
+
+@pytest.mark.skipif(not SAMPLE.is_file(), reason="shipped SFT sample missing")
+def test_shipped_sample_setup():
+    dm = SFTDataModule(TOKENIZER, [str(SAMPLE)], max_length=512, batch_size=2)
+    dm.setup("fit")
+    assert set(dm.mix) == {"ko", "en"} and dm.mix["ko"]["drawn"] == dm.mix["en"]["drawn"]
+    assert dm.dropped_languages.get("ja", 0) > 0
+    batch = next(iter(dm.train_dataloader()))
+    assert (batch["labels"] != IGNORE_INDEX).any()
