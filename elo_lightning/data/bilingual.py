@@ -1,0 +1,548 @@
+"""BilingualDataModule: packed, token-mixed, exactly resumable pre-training stream over several languages.
+
+It knows nothing of ELO: it turns per-language text shards into fixed-length causal-LM samples.
+
+Training stream (``_PackedStream``, an IterableDataset)
+-------------------------------------------------------
+* **Packing.** Each document is tokenized without special tokens, ``</s>`` is appended (and ``<s>`` prepended
+  with ``add_bos``); documents are concatenated and cut into ``seq_len`` sequences. A document longer than the
+  room left continues in the next sequence. A sample is ``{"input_ids": LongTensor[seq_len], "labels": same}``
+  (HF causal LMs shift the labels themselves) plus ``stream_id``/``stream_state`` (see resume).
+* **Infinite.** Each language cycles over its shards; every pass is an *epoch* of that language. With
+  ``shuffle_shards`` the shard order of each epoch is a permutation seeded by (seed, language, epoch). Documents
+  inside a shard keep their file order (shards are expected to be pre-shuffled). The Trainer's ``max_steps``
+  sets the training length.
+* **Mixing by tokens, deterministic.** Weights are ratios (normalised). Before each document the stream picks
+  the language with the largest token *deficit* ``w_l * T - t_l`` (``t_l`` tokens taken from language ``l``
+  so far, ``T`` their sum; ties: larger weight, then list order). Unlike sampling, this keeps every prefix of
+  the stream within one document of the target token ratio, needs no random state to resume (the decision is a
+  function of the per-language token counts, which are in the state), and a language with weight 0 is never
+  read. Counting tokens rather than documents matters because documents differ in length across languages.
+* **Distributed ranks x dataloader workers.** Global stream id ``s = rank * num_workers + worker``,
+  ``W = world_size * num_workers``. Per language: if its shard count is a multiple of ``W`` the stream reads
+  whole shards (``perm[s::W]``), else every ``W``-th document (a per-language-per-epoch counter of
+  non-blank records, ``counter % W == s``) - the rule of ``datasets.distributed.split_dataset_by_node``.
+  Streams never share a document within an epoch, and together they cover all of them.
+* **Exact resume without replay.** A stream's state is small JSON: per language a cursor
+  ``{"epoch", "shard", "pos", "doc"}`` (shard index in that epoch's order, byte offset of the next line for
+  jsonl/txt or row index for parquet, next document counter), the tokens taken per language, and the
+  carry-over ``{"lang", "at": <cursor of the document being split>, "offset": <tokens of it already used>}``.
+  Every sample carries the state *after* it; ``on_before_batch_transfer`` (called by Lightning only for the
+  batch about to be trained, not for prefetched ones) pops those keys and records the latest state per stream
+  and which worker's batch comes next (DataLoader workers yield round-robin). ``state_dict()`` returns them
+  (all-gathered over ranks); after ``load_state_dict()`` the next ``train_dataloader()`` resumes every stream
+  from its state and rotates the worker->stream mapping so the batch order is that of an uninterrupted run.
+* **Hub sources** (``hf://org/name[:config][@split]``): streamed with ``datasets`` and
+  ``split_dataset_by_node``; their cursor position is the example count, resumed with ``.skip(n)``.
+
+Validation: one map-style dataset per language with ``valid`` files: its first ``val_max_sequences`` packed
+sequences, read in file order (no shuffling, no mixing); ``val_dataloader()`` returns one DataLoader per
+language in ``val_languages`` order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import warnings
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+from elo_lightning.data.sources import (
+    HubSpec,
+    ShardReader,
+    check_hub,
+    check_shard,
+    iter_hub_records,
+    resolve_entries,
+)
+from elo_lightning.errors import ELOError
+
+STATE_VERSION = 1
+
+
+@dataclass
+class LanguageSource:
+    """One language of the mixture.
+
+    ``train``/``valid``: local globs/paths (.jsonl/.json lines, .txt one document per line, .parquet, or a
+    folder of those) or ONE hub dataset id ``hf://org/name[:config][@split]`` / ``org/name:config``.
+    ``weight``: mixing ratio by tokens (normalised over languages). ``text_field``: JSON key / parquet column.
+    """
+
+    name: str
+    train: list[str] = field(default_factory=list)
+    valid: list[str] | None = None
+    weight: float = 1.0
+    text_field: str = "text"
+
+
+# --- distributed / worker info (module-level so tests can monkeypatch them) ------------------------------
+
+def _dist_info() -> tuple[int, int]:
+    """(global_rank, world_size) from torch.distributed if initialized, else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _worker_info() -> tuple[int, int]:
+    """(worker_id, num_workers) of the current DataLoader worker, (0, 1) in the main process."""
+    info = torch.utils.data.get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+def _perm_seed(seed: int, name: str, epoch: int) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}/{name}/{epoch}".encode()).digest()[:8], "little")
+
+
+# --- per-language document reader -------------------------------------------------------------------------
+
+class _LanguageReader:
+    """Documents of one language for one global stream, cycling over epochs, with a resumable cursor."""
+
+    def __init__(self, name: str, shards: list[str] | HubSpec, text_field: str, stream_id: int,
+                 num_streams: int, seed: int, shuffle: bool):
+        self.name, self.shards, self.text_field = name, shards, text_field
+        self.sid, self.W, self.seed, self.shuffle = stream_id, num_streams, seed, shuffle
+        self.hub = isinstance(shards, HubSpec)
+        self.whole_shards = self.hub or len(shards) % num_streams == 0
+        self.reader = ShardReader(text_field)
+        self.cursor = {"epoch": 0, "shard": 0, "pos": 0, "doc": 0}
+
+    def shard_order(self, epoch: int) -> list:
+        if self.hub:
+            return [self.shards]
+        order = list(range(len(self.shards)))
+        if self.shuffle:
+            random.Random(_perm_seed(self.seed, self.name, epoch)).shuffle(order)
+        if self.whole_shards:
+            order = order[self.sid::self.W]
+        return [self.shards[i] for i in order]
+
+    def _records(self, shard, pos: int, epoch: int):
+        if self.hub:
+            return iter_hub_records(shard, self.text_field, self.sid, self.W, skip=pos, epoch=epoch)
+        return self.reader.records(shard, pos)
+
+    def _text(self, shard, payload, pos: int) -> str:
+        return payload if self.hub else self.reader.text(shard, payload, pos)
+
+    def documents(self, cursor: dict | None = None) -> Iterator[tuple[dict, str]]:
+        """Yield ``(cursor_of_this_document, text)`` forever; ``self.cursor`` is the position after it."""
+        if cursor is not None:
+            self.cursor = dict(cursor)
+        epoch, shard_i, pos, doc = (self.cursor[k] for k in ("epoch", "shard", "pos", "doc"))
+        fresh_epoch = shard_i == 0 and pos == 0
+        while True:
+            found = False
+            order = self.shard_order(epoch)
+            while shard_i < len(order):
+                shard = order[shard_i]
+                for start, end, payload in self._records(shard, pos, epoch):
+                    counter = doc
+                    doc += 1
+                    if self.whole_shards or counter % self.W == self.sid:
+                        text = self._text(shard, payload, start)
+                        found = True
+                        self.cursor = {"epoch": epoch, "shard": shard_i, "pos": end, "doc": doc}
+                        yield {"epoch": epoch, "shard": shard_i, "pos": start, "doc": counter}, text
+                shard_i, pos = shard_i + 1, 0
+            if fresh_epoch and not found:
+                raise ELOError(f"language {self.name!r}: stream {self.sid} of {self.W} got no document in a whole "
+                               f"epoch (fewer documents than dataloader streams?)")
+            epoch, shard_i, pos, doc, fresh_epoch = epoch + 1, 0, 0, 0, True
+
+    def text_at(self, cursor: dict) -> str:
+        """Re-read the document at ``cursor`` (the carry-over on resume) without moving ``self.cursor``."""
+        shard = self.shard_order(cursor["epoch"])[cursor["shard"]]
+        if self.hub:
+            for _, _, text in iter_hub_records(shard, self.text_field, self.sid, self.W, skip=cursor["pos"],
+                                               epoch=cursor["epoch"]):
+                return text
+            raise ELOError(f"{shard}: no example {cursor['pos']} on resume")
+        return self.reader.text_at(shard, cursor["pos"])
+
+
+def _encode(tokenizer, text: str, bos: int | None, eos: int) -> list[int]:
+    ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+    return ([bos] if bos is not None else []) + list(ids) + [eos]
+
+
+# --- datasets ---------------------------------------------------------------------------------------------
+
+class _PackedStream(IterableDataset):
+    """The infinite, token-mixed, packed training stream (see the module docstring)."""
+
+    def __init__(self, tokenizer, names: list[str], shards: list, text_fields: list[str], weights: list[float],
+                 seq_len: int, seed: int, shuffle_shards: bool, add_bos: bool, num_streams: int,
+                 states: dict[int, dict] | None = None, next_role: dict[int, int] | None = None):
+        self.tokenizer, self.names, self.shards, self.text_fields = tokenizer, names, shards, text_fields
+        total = sum(weights)
+        self.weights = [w / total for w in weights]
+        self.seq_len, self.seed, self.shuffle_shards, self.add_bos = seq_len, seed, shuffle_shards, add_bos
+        self.num_streams = num_streams
+        self.states = dict(states or {})
+        self.next_role = dict(next_role or {})
+        self.bos = tokenizer.bos_token_id if add_bos else None
+        self.eos = tokenizer.eos_token_id
+
+    def stream_id(self) -> tuple[int, int]:
+        """(global stream id, W) of the calling process, with the resume rotation applied."""
+        rank, world = _dist_info()
+        worker, nw = _worker_info()
+        role = (worker + self.next_role.get(rank, 0)) % nw
+        return rank * nw + role, world * nw
+
+    def __iter__(self) -> Iterator[dict]:
+        sid, W = self.stream_id()
+        if W != self.num_streams:
+            raise ELOError(f"the data stream was built for {self.num_streams} streams (world_size x num_workers) "
+                           f"but runs in {W}")
+        yield from self.iterate(sid, self.states.get(sid))
+
+    def _pick(self, tokens: list[int]) -> int:
+        total = sum(tokens)
+        return max(range(len(tokens)), key=lambda i: (self.weights[i] * total - tokens[i], self.weights[i], -i))
+
+    def iterate(self, sid: int, state: dict | None = None) -> Iterator[dict]:
+        readers = [_LanguageReader(n, s, f, sid, self.num_streams, self.seed, self.shuffle_shards)
+                   for n, s, f in zip(self.names, self.shards, self.text_fields)]
+        state = state or {}
+        cursors = state.get("cursors", {})
+        gens = [r.documents(cursors.get(r.name)) for r in readers]
+        tokens = [int(state.get("tokens", {}).get(n, 0)) for n in self.names]
+        cur = None  # [lang index, cursor of the document, its token ids, tokens already used]
+        carry = state.get("carry")
+        if carry:
+            i = self.names.index(carry["lang"])
+            cur = [i, carry["at"], _encode(self.tokenizer, readers[i].text_at(carry["at"]), self.bos, self.eos),
+                   carry["offset"]]
+        L = self.seq_len
+        while True:
+            seq: list[int] = []
+            while len(seq) < L:
+                if cur is None:
+                    i = self._pick(tokens)
+                    at, text = next(gens[i])
+                    ids = _encode(self.tokenizer, text, self.bos, self.eos)
+                    tokens[i] += len(ids)
+                    cur = [i, at, ids, 0]
+                take = min(L - len(seq), len(cur[2]) - cur[3])
+                seq.extend(cur[2][cur[3]:cur[3] + take])
+                cur[3] += take
+                if cur[3] == len(cur[2]):
+                    cur = None
+            new_state = {
+                "cursors": {r.name: r.cursor for r in readers},
+                "tokens": dict(zip(self.names, tokens)),
+                "carry": None if cur is None else {"lang": self.names[cur[0]], "at": cur[1], "offset": cur[3]},
+            }
+            ids = torch.tensor(seq, dtype=torch.long)
+            yield {"input_ids": ids, "labels": ids.clone(), "stream_id": sid,
+                   "stream_state": json.dumps(new_state, separators=(",", ":"))}
+
+
+class _PackedValid(Dataset):
+    """Map-style: the first ``max_sequences`` packed sequences of one language's valid files, in file order."""
+
+    def __init__(self, tokenizer, name: str, shards: list | HubSpec, text_field: str, seq_len: int,
+                 add_bos: bool, max_sequences: int | None):
+        bos = tokenizer.bos_token_id if add_bos else None
+        reader = ShardReader(text_field)
+        shard_list = [shards] if isinstance(shards, HubSpec) else shards
+        buf: list[int] = []
+        self.sequences: list[torch.Tensor] = []
+        done = False
+        for shard in shard_list:
+            records = (iter_hub_records(shard, text_field, 0, 1) if isinstance(shard, HubSpec)
+                       else reader.records(shard))
+            for pos, _, payload in records:
+                text = payload if isinstance(shard, HubSpec) else reader.text(shard, payload, pos)
+                buf.extend(_encode(tokenizer, text, bos, tokenizer.eos_token_id))
+                while len(buf) >= seq_len:
+                    self.sequences.append(torch.tensor(buf[:seq_len], dtype=torch.long))
+                    buf = buf[seq_len:]
+                    if max_sequences is not None and len(self.sequences) >= max_sequences:
+                        done = True
+                        break
+                if done:
+                    break
+            if done:
+                break
+        if not self.sequences:
+            raise ELOError(f"language {name!r}: valid files hold fewer than seq_len={seq_len} tokens")
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"input_ids": self.sequences[i], "labels": self.sequences[i].clone()}
+
+
+# --- the datamodule ---------------------------------------------------------------------------------------
+
+class BilingualDataModule(L.LightningDataModule):
+    """Token-mixed packed pre-training data over several languages (e.g. en:ko = 1:9, the paper default).
+
+    Args:
+        tokenizer: path or id given to ``AutoTokenizer.from_pretrained`` (e.g. ``configs/tokenizer``).
+        languages: the mixture; see :class:`LanguageSource`.
+        seq_len: tokens per packed sequence (>= 2).
+        batch_size / val_batch_size: train / validation batch size (validation defaults to ``batch_size``).
+        num_workers: DataLoader workers of the train and validation loaders.
+        seed: seeds the per-epoch shard permutations.
+        add_bos: prepend ``<s>`` to every document (``</s>`` is always appended).
+        val_max_sequences: validation sequences per language (None: all).
+        shuffle_shards: permute each language's shard order every epoch.
+        pin_memory: pin batches (off by default).
+    """
+
+    def __init__(self, tokenizer: str, languages: list[LanguageSource], seq_len: int = 2048, batch_size: int = 4,
+                 val_batch_size: int | None = None, num_workers: int = 0, seed: int = 42, add_bos: bool = False,
+                 val_max_sequences: int | None = 256, shuffle_shards: bool = True, pin_memory: bool = False):
+        super().__init__()
+        self.tokenizer_name = str(tokenizer)
+        self.languages = [LanguageSource(**lang) if isinstance(lang, dict) else lang for lang in (languages or [])]
+        self.seq_len, self.batch_size = int(seq_len), int(batch_size)
+        self.val_batch_size = int(val_batch_size) if val_batch_size is not None else self.batch_size
+        self.num_workers, self.seed, self.add_bos = int(num_workers), int(seed), bool(add_bos)
+        self.val_max_sequences, self.shuffle_shards, self.pin_memory = val_max_sequences, shuffle_shards, pin_memory
+        self._check_arguments()
+        self._tokenizer = None
+        self._train_shards: list | None = None
+        self._valid_shards: dict[str, list | HubSpec] = {}
+        self._val_sets: list[_PackedValid] | None = None
+        self._streams: dict[int, dict] = {}      # latest recorded state per global stream id
+        self._next_role: dict[int, int] = {}     # per rank: the worker role whose batch comes next
+        self._loaded: dict | None = None         # state from load_state_dict, checked in train_dataloader
+
+    # -- checks --------------------------------------------------------------------------------------------
+    def _check_arguments(self) -> None:
+        if not self.languages:
+            raise ELOError("BilingualDataModule: the language list is empty")
+        names = [lang.name for lang in self.languages]
+        if any(not isinstance(n, str) or not n for n in names):
+            raise ELOError(f"BilingualDataModule: every language needs a non-empty name, got {names}")
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ELOError(f"BilingualDataModule: duplicate language names {dup}")
+        for lang in self.languages:
+            w = lang.weight
+            if not isinstance(w, (int, float)) or math.isnan(w) or math.isinf(w) or w < 0:
+                raise ELOError(f"language {lang.name!r}: weight must be a finite number >= 0, got {w!r}")
+        if sum(lang.weight for lang in self.languages) <= 0:
+            raise ELOError(f"BilingualDataModule: language weights sum to zero ({ {n: l.weight for n, l in zip(names, self.languages)} })")
+        if self.seq_len < 2:
+            raise ELOError(f"BilingualDataModule: seq_len must be >= 2, got {self.seq_len}")
+        if self.batch_size < 1 or self.val_batch_size < 1:
+            raise ELOError("BilingualDataModule: batch sizes must be >= 1")
+        if self.num_workers < 0:
+            raise ELOError(f"BilingualDataModule: num_workers must be >= 0, got {self.num_workers}")
+        if self.val_max_sequences is not None and self.val_max_sequences < 1:
+            raise ELOError(f"BilingualDataModule: val_max_sequences must be >= 1 or None, got {self.val_max_sequences}")
+        for lang in self.languages:
+            if not lang.train:
+                raise ELOError(f"language {lang.name!r}: no train files")
+
+    @property
+    def tokenizer(self):
+        """The HF tokenizer, loaded once on first use."""
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            try:
+                tok = AutoTokenizer.from_pretrained(self.tokenizer_name)
+            except Exception as e:  # noqa: BLE001 - any load failure is a bad argument
+                raise ELOError(f"tokenizer {self.tokenizer_name!r} failed to load: {type(e).__name__}: {e}") from None
+            if tok.eos_token_id is None:
+                raise ELOError(f"tokenizer {self.tokenizer_name!r} has no eos token (needed as document boundary)")
+            if self.add_bos and tok.bos_token_id is None:
+                raise ELOError(f"tokenizer {self.tokenizer_name!r} has no bos token but add_bos=True")
+            self._tokenizer = tok
+        return self._tokenizer
+
+    @property
+    def val_languages(self) -> list[str]:
+        return [lang.name for lang in self.languages if lang.valid]
+
+    @property
+    def weights(self) -> dict[str, float]:
+        total = sum(lang.weight for lang in self.languages)
+        return {lang.name: lang.weight / total for lang in self.languages}
+
+    @property
+    def num_streams(self) -> int:
+        return _dist_info()[1] * max(self.num_workers, 1)
+
+    def _prepare(self) -> None:
+        """Resolve and check every shard and load the tokenizer (idempotent). Raises ELOError."""
+        if self._train_shards is not None:
+            return
+        _ = self.tokenizer
+        train, valid = [], {}
+        for lang in self.languages:
+            shards = resolve_entries(lang.train, lang.name, "train", "train")
+            self._check_shards(shards, lang)
+            train.append(shards)
+            if lang.valid:
+                vs = resolve_entries(lang.valid, lang.name, "valid", "validation")
+                self._check_shards(vs, lang)
+                valid[lang.name] = vs
+        self._train_shards, self._valid_shards = train, valid
+
+    @staticmethod
+    def _check_shards(shards, lang: LanguageSource) -> None:
+        if isinstance(shards, HubSpec):
+            check_hub(shards, lang.text_field, lang.name)
+        else:
+            for path in shards:
+                check_shard(path, lang.text_field, lang.name)
+
+    def setup(self, stage: str | None = None) -> None:
+        self._prepare()
+        if stage in (None, "fit", "validate"):
+            self._build_val_sets()
+
+    # -- dataloaders ---------------------------------------------------------------------------------------
+    def _build_val_sets(self) -> list[_PackedValid]:
+        if self._val_sets is None:
+            self._prepare()
+            by_name = {lang.name: lang for lang in self.languages}
+            self._val_sets = [
+                _PackedValid(self.tokenizer, n, self._valid_shards[n], by_name[n].text_field, self.seq_len,
+                             self.add_bos, self.val_max_sequences)
+                for n in self.val_languages
+            ]
+        return self._val_sets
+
+    def train_dataset(self) -> _PackedStream:
+        self._prepare()
+        if self._loaded is not None:
+            self._check_resume(self._loaded)
+        rank, _ = _dist_info()
+        nw = max(self.num_workers, 1)
+        mine = {sid: st for sid, st in self._streams.items() if sid // nw == rank}
+        return _PackedStream(
+            self.tokenizer, [lang.name for lang in self.languages], self._train_shards,
+            [lang.text_field for lang in self.languages], [lang.weight for lang in self.languages], self.seq_len,
+            self.seed, self.shuffle_shards, self.add_bos, self.num_streams, states=mine,
+            next_role={rank: self._next_role.get(rank, 0)},
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_dataset(), batch_size=self.batch_size, num_workers=self.num_workers,
+                          pin_memory=self.pin_memory, persistent_workers=False)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [DataLoader(ds, batch_size=self.val_batch_size, shuffle=False, num_workers=self.num_workers,
+                           pin_memory=self.pin_memory) for ds in self._build_val_sets()]
+
+    # -- resume --------------------------------------------------------------------------------------------
+    def on_before_batch_transfer(self, batch, dataloader_idx: int = 0):
+        """Pop ``stream_id``/``stream_state`` from a training batch and record the stream's latest state."""
+        if isinstance(batch, dict) and "stream_state" in batch:
+            states = batch.pop("stream_state")
+            sids = batch.pop("stream_id")
+            sid = int(sids[-1]) if not isinstance(sids, int) else sids
+            state = states[-1] if isinstance(states, (list, tuple)) else states
+            self._streams[sid] = json.loads(state)
+            nw = max(self.num_workers, 1)
+            self._next_role[sid // nw] = (sid % nw + 1) % nw
+        return batch
+
+    def _identity(self) -> dict:
+        tok = self.tokenizer
+        try:
+            blob = tok.backend_tokenizer.to_str()
+        except AttributeError:
+            blob = json.dumps(sorted(tok.get_vocab().items()))
+        return {"name_or_path": self.tokenizer_name, "vocab_size": len(tok),
+                "sha256": hashlib.sha256(blob.encode()).hexdigest()[:16],
+                "bos": tok.bos_token_id if self.add_bos else None, "eos": tok.eos_token_id}
+
+    def _shard_ids(self) -> dict[str, list[str]]:
+        import os
+
+        self._prepare()
+        return {lang.name: ([str(s)] if isinstance(s, HubSpec) else [os.path.basename(p) for p in s])
+                for lang, s in zip(self.languages, self._train_shards)}
+
+    def state_dict(self) -> dict:
+        streams = {str(k): v for k, v in self._streams.items()}
+        next_role = {str(k): v for k, v in self._next_role.items()}
+        rank, world = _dist_info()
+        if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            gathered: list = [None] * world
+            torch.distributed.all_gather_object(gathered, (streams, next_role))
+            streams, next_role = {}, {}
+            for s, r in gathered:
+                streams.update(s)
+                next_role.update(r)
+        return {
+            "version": STATE_VERSION,
+            "num_streams": world * max(self.num_workers, 1),
+            "world_size": world,
+            "num_workers": self.num_workers,
+            "seq_len": self.seq_len,
+            "seed": self.seed,
+            "shuffle_shards": self.shuffle_shards,
+            "add_bos": self.add_bos,
+            "weights": self.weights,
+            "languages": [lang.name for lang in self.languages],
+            "shards": self._shard_ids(),
+            "tokenizer": self._identity(),
+            "streams": streams,
+            "next_role": next_role,
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state = dict(state_dict)
+        self._loaded = state
+        self._streams = {int(k): v for k, v in state.get("streams", {}).items()}
+        self._next_role = {int(k): int(v) for k, v in state.get("next_role", {}).items()}
+
+    def _check_resume(self, st: dict) -> None:
+        def bad(what: str, old, new):
+            raise ELOError(f"cannot resume the data stream: {what} changed (checkpoint: {old}, now: {new})")
+
+        if st.get("version") != STATE_VERSION:
+            bad("state version", st.get("version"), STATE_VERSION)
+        W = self.num_streams
+        if st["num_streams"] != W:
+            bad("number of data streams W = world_size x num_workers",
+                f"{st['num_streams']} = {st['world_size']} x {max(st['num_workers'], 1)}",
+                f"{W} = {_dist_info()[1]} x {max(self.num_workers, 1)}")
+        if max(st["num_workers"], 1) != max(self.num_workers, 1):
+            bad("num_workers", st["num_workers"], self.num_workers)
+        if st["seq_len"] != self.seq_len:
+            bad("seq_len", st["seq_len"], self.seq_len)
+        names = [lang.name for lang in self.languages]
+        if st["languages"] != names:
+            bad("language set", st["languages"], names)
+        ident = self._identity()
+        old = st["tokenizer"]
+        if (old["vocab_size"], old["sha256"], old["bos"], old["eos"]) != (
+                ident["vocab_size"], ident["sha256"], ident["bos"], ident["eos"]):
+            bad("tokenizer", f"{old['name_or_path']} ({old['vocab_size']} tokens, {old['sha256']})",
+                f"{ident['name_or_path']} ({ident['vocab_size']} tokens, {ident['sha256']})")
+        for key, now in (("seed", self.seed), ("shuffle_shards", self.shuffle_shards), ("add_bos", self.add_bos)):
+            if st[key] != now:
+                bad(key, st[key], now)
+        shards = self._shard_ids()
+        if st["shards"] != shards:
+            bad("shard list", st["shards"], shards)
+        if st["weights"] != self.weights:
+            warnings.warn(f"resuming the data stream with new mixing weights {self.weights} "
+                          f"(checkpoint: {st['weights']}); the token counts so far are kept", stacklevel=2)
+
+    def describe(self) -> dict:
+        """Plain summary for logs."""
+        return {"languages": [asdict(lang) for lang in self.languages], "weights": self.weights,
+                "seq_len": self.seq_len, "num_streams": self.num_streams}

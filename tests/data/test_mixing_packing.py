@@ -1,0 +1,86 @@
+"""Token mixing follows the weights; packing is exact (fixed length, documents + EOS in order)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+
+import pytest
+
+from tests.data.conftest import SAMPLE, sample_texts
+
+
+def _states(stream, n):
+    for sample in itertools.islice(stream, n):
+        yield sample, json.loads(sample["stream_state"])
+
+
+@pytest.mark.parametrize("weights", [{"en": 1.0, "ko": 9.0}, {"ko": 6.0, "ja": 3.0, "en": 1.0}])
+def test_token_share_matches_weights(make_dm, weights):
+    seq_len, n = 128, 4000
+    dm = make_dm(weights, seq_len=seq_len)
+    stream = dm.train_dataset().iterate(0)
+    target = {k: v / sum(weights.values()) for k, v in weights.items()}
+    max_doc = 0
+    for i, (sample, st) in enumerate(_states(stream, n), start=1):
+        assert sample["input_ids"].shape == (seq_len,)
+        tokens = st["tokens"]
+        total = sum(tokens.values())
+        # consumed tokens = emitted + the unread rest of the document being split (< one document)
+        assert total >= i * seq_len
+        max_doc = max(max_doc, total - i * seq_len)
+        if i >= 2000 and i % 250 == 0:  # one document is < 1% of 256K tokens
+            for lang, share in target.items():
+                assert abs(tokens[lang] / total - share) < 0.01, (i, lang, tokens[lang] / total, share)
+    assert total > 500_000
+    assert max_doc < 10_000
+
+
+def test_zero_weight_language_is_never_read(make_dm):
+    dm = make_dm({"en": 0.0, "ko": 1.0})
+    for _, st in _states(dm.train_dataset().iterate(0), 300):
+        pass
+    assert st["tokens"]["en"] == 0 and st["cursors"]["en"]["doc"] == 0
+
+
+@pytest.mark.parametrize("add_bos", [False, True])
+def test_packing_reproduces_documents_in_order(make_dm, tokenizer, add_bos):
+    seq_len = 64
+    dm = make_dm({"en": 1.0}, seq_len=seq_len, shuffle_shards=False, add_bos=add_bos)
+    docs = []
+    for i in range(2):
+        docs += sample_texts(os.path.join(SAMPLE, "en", f"train-{i:05d}.jsonl"))
+    expected = []
+    for text in docs:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        expected += ([tokenizer.bos_token_id] if add_bos else []) + ids + [tokenizer.eos_token_id]
+    n = len(expected) // seq_len + 40  # run past the end of the epoch: the next epoch starts over
+    got = []
+    for sample in itertools.islice(dm.train_dataset().iterate(0), n):
+        assert sample["input_ids"].shape == (seq_len,) and sample["input_ids"].dtype.is_floating_point is False
+        assert sample["labels"].tolist() == sample["input_ids"].tolist()
+        got += sample["input_ids"].tolist()
+    assert got[: len(expected)] == expected
+    assert got[len(expected):] == expected[: len(got) - len(expected)]  # epoch 2, same order (no shuffle)
+
+
+def test_shuffled_epochs_permute_whole_shards(make_dm, tokenizer):
+    dm = make_dm({"ja": 1.0}, seq_len=64, shuffle_shards=True)
+    shards = []
+    for i in range(2):
+        ids = []
+        for text in sample_texts(os.path.join(SAMPLE, "ja", f"train-{i:05d}.jsonl")):
+            ids += tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        shards.append(ids)
+    epoch = len(shards[0]) + len(shards[1])
+    got = []
+    for sample in itertools.islice(dm.train_dataset().iterate(0), 6 * epoch // 64 + 1):
+        got += sample["input_ids"].tolist()
+    orders = []
+    for e in range(6):
+        chunk = got[e * epoch:(e + 1) * epoch]
+        order = [0, 1] if chunk == shards[0] + shards[1] else [1, 0] if chunk == shards[1] + shards[0] else None
+        assert order is not None, e
+        orders.append(tuple(order))
+    assert len(set(orders)) == 2  # the seeded permutation changes between epochs
