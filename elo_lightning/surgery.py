@@ -138,7 +138,7 @@ def detach(model: PreTrainedModel, layers: str | Sequence[int], copy_weights: bo
         _renumber(layer, new_index)
     small.lm_head = take(model.lm_head)  # the memo keeps a tied head tied to the copied embedding
     left = [n for n, t in [*small.named_parameters(), *small.named_buffers()] if t.is_meta]
-    if left:
+    if left and not model.get_input_embeddings().weight.is_meta:
         raise ELOError(f"unsupported architecture {type(model).__name__}: parts not detached: {left[:5]}")
     small.generation_config = copy.deepcopy(model.generation_config)
     manifest = DetachManifest(

@@ -76,7 +76,7 @@ class CausalLMModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
-        self.model = self.build_model()
+        self.model = self.build_model().train()  # from_pretrained returns eval mode
         if self.hparams.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if self.device_mesh is not None:
