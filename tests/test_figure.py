@@ -1,0 +1,102 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from elo_lightning import figure
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fake_results(path, with_lora=True):
+    def m(tps, fpt):
+        return {
+            "tokens_per_s": tps,
+            "step_time_s": 8192 / tps,
+            "flops_per_token": fpt,
+            "mfu": 0.3,
+            "peak_mem_gb": 20.0,
+            "trainable_params": 400_000_000,
+            "computed_params": 1_500_000_000,
+            "batch_size": 1,
+            "best_batch": None,
+        }
+
+    res = {
+        "arch": "llama-3.1-8b",
+        "device": "1x FakeGPU",
+        "seq_len": 8192,
+        "versions": {"torch": "x"},
+        "methods": {"elo": m(40_000.0, 5e9), "fft": m(4_000.0, 5e10), "freeze": m(6_000.0, 3.6e10)},
+        "analytic_flops_per_token": {"elo": 5e9, "fft": 5e10, "freeze": 3.6e10, "lora": 3.5e10},
+    }
+    if with_lora:
+        res["methods"]["lora"] = m(5_000.0, 3.5e10)
+        res["methods"]["lora"]["best_batch"] = {"batch_size": 4, "tokens_per_s": 10_000.0}
+    path.write_text(json.dumps(res))
+    return path
+
+
+def test_time_model_exact(tmp_path):
+    res = figure.load_results(fake_results(tmp_path / "results.json"))
+    rows = figure.time_table(res)
+    assert [r["data_gb"] for r in rows] == [10, 50, 200]
+    r = rows[0]
+    tpg = figure.TOKENS_PER_GB
+    assert r["fft_h"] == pytest.approx(10 * tpg / 4000 / 3600)
+    assert r["elo_phase_h"] == pytest.approx(9 * tpg / 40000 / 3600)
+    assert r["align_h"] == pytest.approx(1 * tpg / 4000 / 3600)  # alignment at FFT speed by default
+    assert r["elo_vs_fft"] == pytest.approx(10 / (0.9 + 1.0))
+    assert r["elo_vs_lora"] == pytest.approx(8 / (0.9 + 1.0))
+    assert r["paper_elo_vs_fft"] == pytest.approx(19.8 / 3.5)
+    assert rows[1]["paper_elo_vs_lora"] == 5.29 and rows[2]["paper_elo_vs_lora"] == 10.72
+    # best batch: LoRA at 10k tokens/s
+    rb = figure.time_table(res, best_batch=True)[0]
+    assert rb["lora_h"] == pytest.approx(10 * tpg / 10_000 / 3600)
+
+
+def test_make_figure_writes_png_and_table(tmp_path):
+    out = figure.make_figure(fake_results(tmp_path / "results.json"), tmp_path / "fig")
+    png = Path(out["png"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    md = (tmp_path / "fig" / "speedup.md").read_text()
+    for row in ("| 10 |", "| 50 |", "| 200 |", "| elo |", "| fft |", "| lora |", "| freeze |", "| paper |", "| ours |"):
+        assert row in md, row
+    assert "5.29x" in md and "10.72x" in md and "19.8" in md
+    assert "5.26x" in md  # ours: ELO vs FFT at 10 GB = 10 / 1.9
+
+
+def test_missing_method_reads_na(tmp_path):
+    out = figure.make_figure(fake_results(tmp_path / "r.json", with_lora=False), tmp_path)
+    assert all(r["lora_h"] is None for r in out["rows"])
+    assert "n/a" in out["markdown"]
+
+
+def test_cli(tmp_path):
+    p = fake_results(tmp_path / "results.json")
+    r = subprocess.run(
+        [sys.executable, "-m", "elo_lightning.figure", str(p), "--out", str(tmp_path / "cli")],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "cli" / "speedup.png").exists() and (tmp_path / "cli" / "speedup.md").exists()
+
+
+def test_notebook_executes(tmp_path, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    p = fake_results(tmp_path / "results.json")
+    monkeypatch.setenv("ELO_RESULTS", str(p))
+    monkeypatch.setenv("ELO_FIGURE_OUT", str(tmp_path / "nb"))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    nb = nbformat.read(ROOT / "notebooks" / "speedup.ipynb", as_version=4)
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    assert "def " not in code  # uses elo_lightning.figure, no copied code
+    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    assert (tmp_path / "nb" / "speedup.png").exists()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert any("image/png" in o.get("data", {}) for o in outputs)
+    assert any("text/markdown" in o.get("data", {}) for o in outputs)
