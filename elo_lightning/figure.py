@@ -39,7 +39,8 @@ Paper numbers drawn beside ours: Table 1 (Llama-3.1-8B, 10 GB, 8x H100): FFT 19.
 jointly consistent with a time-linear-in-data model at one fixed LoRA speed (the speedup roughly doubles from 50 to
 200 GB while a linear model predicts ~+15%); we plot them as published.
 
-CLI: ``python -m elo_lightning.figure results.json --out DIR [--best-batch]`` writes ``DIR/speedup.png`` and
+CLI: ``python -m elo_lightning.figure results.json --out DIR [--best-batch]`` (or ``elo figure --results ...``,
+via :func:`figure_cmd`) writes ``DIR/speedup.png`` and
 ``DIR/speedup.md``.
 """
 
@@ -56,6 +57,7 @@ __all__ = [
     "ALIGN_GB",
     "BYTES_PER_TOKEN",
     "DATA_SIZES_GB",
+    "figure_cmd",
     "PAPER_FIG3_ELO_VS_LORA",
     "PAPER_TABLE1_H",
     "TOKENS_PER_GB",
@@ -300,15 +302,25 @@ def make_figure(results_path: str | os.PathLike, out_dir: str | os.PathLike, bes
     return {"png": str(out / "speedup.png"), "md": str(out / "speedup.md"), "rows": rows, "markdown": md}
 
 
+def figure_cmd(results: str, out: str | None = None, best_batch: bool = False) -> None:
+    """Draw the ELO speedup figure (paper Fig. 3) and table from a benchmark results.json.
+
+    Args:
+        results: results.json written by the benchmark.
+        out: output directory for speedup.png and speedup.md (default: next to results.json).
+        best_batch: use each method's best-batch tokens/s instead of the common batch size.
+    """
+    r = make_figure(results, out or str(Path(results).parent), best_batch=best_batch)
+    print(f"wrote {r['png']} and {r['md']}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m elo_lightning.figure", description=__doc__.splitlines()[0])
     ap.add_argument("results", help="results.json written by the benchmark")
     ap.add_argument("--out", default=None, help="output directory (default: next to results.json)")
     ap.add_argument("--best-batch", action="store_true", help="use each method's best-batch tokens/s")
     a = ap.parse_args(argv)
-    out = a.out or str(Path(a.results).parent)
-    r = make_figure(a.results, out, best_batch=a.best_batch)
-    print(f"wrote {r['png']} and {r['md']}")
+    figure_cmd(a.results, a.out, a.best_batch)
     return 0
 
 

@@ -85,6 +85,12 @@ def test_cli(tmp_path):
     assert (tmp_path / "cli" / "speedup.png").exists() and (tmp_path / "cli" / "speedup.md").exists()
 
 
+def test_figure_cmd_default_out_next_to_results(tmp_path):
+    p = fake_results(tmp_path / "results.json")
+    figure.figure_cmd(str(p))
+    assert (tmp_path / "speedup.png").exists() and (tmp_path / "speedup.md").exists()
+
+
 def test_notebook_executes(tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
