@@ -18,6 +18,7 @@ from transformers import PreTrainedModel
 
 from elo_lightning.errors import ELOError
 from elo_lightning.export import export_hf, stage_manifest
+from elo_lightning.sharding import ShardingConfig, shard_model
 from elo_lightning.optim import OptimizerConfig, build_optimizer, build_scheduler
 
 HF_BATCH_KEYS = ("input_ids", "labels", "attention_mask", "position_ids")
@@ -35,6 +36,7 @@ class CausalLMModule(L.LightningModule):
         export_dir: str | None = None,
         gradient_checkpointing: bool = False,
         measure_flops: bool = True,
+        sharding: ShardingConfig | None = None,
     ) -> None:
         """
         Args:
@@ -46,6 +48,7 @@ class CausalLMModule(L.LightningModule):
             export_dir: write an HF directory of the trained model here when fit ends.
             gradient_checkpointing: recompute activations in backward (non-reentrant).
             measure_flops: count FLOPs per batch on a meta-device copy (for throughput/MFU logging).
+            sharding: FSDP2 options, used when the strategy provides a device mesh (ModelParallelStrategy).
         """
         super().__init__()
         self.save_hyperparameters()
@@ -80,9 +83,7 @@ class CausalLMModule(L.LightningModule):
         if self.hparams.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if self.device_mesh is not None:
-            from elo_lightning.sharding import shard_model
-
-            shard_model(self.model, self.device_mesh)
+            shard_model(self.model, self.device_mesh, self.hparams.sharding or ShardingConfig())
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None)
