@@ -23,7 +23,7 @@ class ELOLightningCLI(LightningCLI):
         parser.link_arguments("data.init_args.tokenizer", "model.init_args.tokenizer", apply_on="parse")
 
 
-def run_lightning(args: list[str]) -> None:
+def run_lightning(args: list[str] | None) -> None:
     import lightning as L
 
     ELOLightningCLI(
@@ -33,6 +33,7 @@ def run_lightning(args: list[str]) -> None:
         subclass_mode_data=True,
         args=args,
         save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,  # optimizer and schedule are typed module arguments
         parser_kwargs={"default_env": False},
     )
 
@@ -81,11 +82,11 @@ def attach_cmd(model: str, detached: str, output: str, dtype: str = "float32", s
     print(f"attached layers {manifest.layers_1based} into {model} -> {output}")
 
 
-def init_cmd(config: str, output: str, tokenizer: str | None = None, seed: int = 42, dtype: str = "float32") -> None:
+def init_cmd(arch: str, output: str, tokenizer: str | None = None, seed: int = 42, dtype: str = "float32") -> None:
     """Random-init a model from an architecture config (offline runs, benchmarks) and save it as an HF directory.
 
     Args:
-        config: architecture .json (e.g. configs/models/tiny-llama.json).
+        arch: architecture .json (e.g. configs/models/tiny-llama.json); `--config` is accepted too.
         output: directory to write.
         tokenizer: tokenizer directory to save alongside (e.g. configs/tokenizer).
         seed: initialisation seed.
@@ -96,7 +97,7 @@ def init_cmd(config: str, output: str, tokenizer: str | None = None, seed: int =
     from elo_lightning.io import atomic_dir
     from elo_lightning.models import init_model, load_config
 
-    model = init_model(load_config(config), seed=seed, dtype=dtype)
+    model = init_model(load_config(arch), seed=seed, dtype=dtype)
     with atomic_dir(output) as tmp:
         model.save_pretrained(tmp)
         if tokenizer:
@@ -129,14 +130,17 @@ def _tool_commands() -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        if argv and argv[0] in LIGHTNING_COMMANDS:
-            run_lightning(argv)
+        if args and args[0] in LIGHTNING_COMMANDS:
+            run_lightning(None if argv is None else args)  # None: LightningCLI reads sys.argv itself
             return
         from jsonargparse import auto_cli
 
-        auto_cli(_tool_commands(), args=argv, as_positional=False)
+        if args[:1] == ["init"]:  # jsonargparse reserves --config for config files; the issue spells it so
+            args = [("--arch" if a == "--config" else a) for a in args]
+
+        auto_cli(_tool_commands(), args=args, as_positional=False)
     except ELOError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -1,0 +1,65 @@
+"""The `elo` command: every shipped config parses; surgery subcommands work and refuse bad input with exit 2."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM
+
+from elo_lightning.cli import main
+
+STAGE_CONFIGS = sorted(p for p in Path("configs").rglob("*.yaml") if "model" in (yaml.safe_load(p.read_text()) or {}))
+
+
+def test_there_are_stage_configs():
+    names = {p.name for p in STAGE_CONFIGS}
+    assert {"elo.yaml", "align.yaml", "fft.yaml", "lora.yaml", "freeze.yaml", "sft.yaml"} <= names
+
+
+@pytest.mark.parametrize("config", STAGE_CONFIGS, ids=str)
+def test_config_parses(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["class_path"].startswith("elo_lightning.modules.")
+    assert printed["data"]["init_args"]["tokenizer"]
+
+
+def test_init_detach_attach_round_trip(tmp_path, capsys):
+    main(["init", "--config", "configs/models/tiny-llama.json", "--output", str(tmp_path / "base"),
+          "--tokenizer", "configs/tokenizer"])
+    main(["detach", "--model", str(tmp_path / "base"), "--layers", "1,-1", "--output", str(tmp_path / "elo")])
+    main(["attach", "--model", str(tmp_path / "base"), "--detached", str(tmp_path / "elo"),
+          "--output", str(tmp_path / "back")])
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "base").state_dict()
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "back").state_dict()
+    assert base.keys() == back.keys() and all(torch.equal(base[k], back[k]) for k in base)
+    assert (tmp_path / "back" / "tokenizer.json").is_file()
+    assert "detached layers [1, 8] of 8" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["detach", "--model", "configs/models/tiny-llama.json", "--layers", "1,9", "--output", "{tmp}/x"], "out of range"),
+        (["detach", "--model", "configs/models/tiny-llama.json", "--layers", "2,2", "--output", "{tmp}/x"], "duplicate"),
+        (["detach", "--model", "configs/models/tiny-llama.json", "--layers", " ", "--output", "{tmp}/x"], "empty"),
+        (["detach", "--model", "{tmp}/nowhere", "--layers", "1", "--output", "{tmp}/x"], "not found"),
+        (["detach", "--model", "{tmp}/gpt2.json", "--layers", "1", "--output", "{tmp}/x"], "unknown architecture"),
+        (["attach", "--model", "configs/models/tiny-llama.json", "--detached", "{tmp}", "--output", "{tmp}/x"],
+         "not an ELO detached checkpoint"),
+        (["attach", "--model", "{tmp}/other.json", "--detached", "{tmp}/elo", "--output", "{tmp}/x"], "different model"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path, capsys, argv, message):
+    (tmp_path / "gpt2.json").write_text('{"model_type": "gpt2", "n_layer": 2}')
+    (tmp_path / "other.json").write_text(Path("configs/models/tiny-llama.json").read_text().replace('"num_hidden_layers": 8', '"num_hidden_layers": 4'))
+    main(["detach", "--model", "configs/models/tiny-llama.json", "--layers", "1,-1", "--output", str(tmp_path / "elo")])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main([a.replace("{tmp}", str(tmp_path)) for a in argv])
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # progress bars may come before it
+    assert last.startswith("error: ") and message in last
