@@ -1,0 +1,32 @@
+# The README's commands. Each creates .venv on first use: torch pinned first (2.13.0 is the CPU build on this
+# machine's disk; on a GPU node install your CUDA build of torch first, then `make setup`).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+TORCH  ?= torch==2.13.0
+
+.PHONY: setup demo test bench figure clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[dev,eval]"
+	touch $@
+
+## The whole ELO method on the embedded default (tiny Llama, shipped ko/en sample), offline, minutes on CPU.
+demo: setup
+	$(BIN)/elo pipeline --output runs/pipeline
+
+## The test suite (CPU; includes 2-process FSDP2/DDP tests over gloo).
+test: setup
+	$(BIN)/python -m pytest
+
+## Throughput of ELO, LoRA, FFT and freeze-tuning on one architecture; writes results/bench/results.json + figure.
+bench: setup
+	$(BIN)/elo bench --output results/bench
+
+clean:
+	rm -rf runs results lightning_logs
