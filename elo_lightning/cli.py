@@ -5,6 +5,7 @@ Bad input raises ``ELOError`` anywhere below; here it becomes one line on stderr
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -108,6 +109,80 @@ def init_cmd(arch: str, output: str, tokenizer: str | None = None, seed: int = 4
     print(f"initialised {model.config.model_type} ({sum(p.numel() for p in model.parameters()):,} params) -> {output}")
 
 
+def chat_vector_cmd(
+    base: str,
+    instruct: str,
+    target: str,
+    output: str,
+    ratio: float = 1.0,
+    skip: list[str] | None = None,
+    vocab_mismatch: str = "skip",
+    max_shard_size: str = "5GB",
+) -> None:
+    """target + ratio * (instruct - base), tensor by tensor, streamed from safetensors (three 8B models never in RAM).
+
+    Args:
+        base: the base model the instruct model was tuned from.
+        instruct: its instruction-tuned version (its tokenizer and chat template are copied).
+        target: the model to receive the vector (the ELO-aligned model).
+        output: directory to write.
+        ratio: scale of the chat vector.
+        skip: tensor-name parts copied from target unchanged (default: embed_tokens, lm_head; [] for none).
+        vocab_mismatch: skip, slice or error when embedding/head rows differ.
+        max_shard_size: output shard size, e.g. 5GB.
+    """
+    from elo_lightning.chat_vector import apply_chat_vector
+
+    summary = apply_chat_vector(
+        base, instruct, target, output, ratio=ratio, skip=("embed_tokens", "lm_head") if skip is None else tuple(skip),
+        vocab_mismatch=vocab_mismatch, max_shard_size=max_shard_size, overwrite=True,
+    )
+    print(json.dumps(summary, indent=2, default=str))
+
+
+def eval_cmd(
+    model: str,
+    data: str = "data/sample/pretrain",
+    languages: str = "en,ko",
+    seq_len: int = 512,
+    max_sequences: int = 64,
+    tasks: list[str] | None = None,
+    include_path: str | None = None,
+    limit: int | None = None,
+    device: str = "cpu",
+    output: str | None = None,
+) -> dict:
+    """Per-language held-out perplexity / bits-per-byte, and lm-evaluation-harness tasks, of an exported model.
+
+    Args:
+        model: HF directory (any stage's export).
+        data: folder with <lang>/valid.jsonl.
+        languages: comma-separated languages to score.
+        seq_len: tokens per scored window.
+        max_sequences: windows per language.
+        tasks: lm-eval task names (kobest_copa, mmlu, marc_ja with a network; elo_tiny_kobest_copa, elo_tiny_en_mc
+            offline with --include_path data/eval_tasks).
+        include_path: folder of local lm-eval task YAMLs.
+        limit: items per lm-eval task.
+        device: cpu or cuda.
+        output: JSON file to write.
+    """
+    from elo_lightning.evaluation.perplexity import evaluate_perplexity
+    from elo_lightning.io import write_json_atomic
+
+    files = {lang: [str(Path(data) / lang / "valid.jsonl")] for lang in languages.split(",") if lang}
+    result: dict = {"model": model, "perplexity": evaluate_perplexity(model, None, files, seq_len=seq_len,
+                                                                     max_sequences=max_sequences, device=device)}
+    if tasks:
+        from elo_lightning.evaluation.lm_eval_runner import run_lm_eval
+
+        result["lm_eval"] = run_lm_eval(model, tasks, include_path=include_path, limit=limit, device=device)["tasks"]
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+    if output:
+        write_json_atomic(output, result)
+    return result
+
+
 def _maybe_tokenizer(path: str):
     if not Path(path, "tokenizer_config.json").is_file():
         return None
@@ -119,7 +194,17 @@ def _maybe_tokenizer(path: str):
 def _tool_commands() -> dict:
     from elo_lightning.pipeline import pipeline
 
-    commands = {"detach": detach_cmd, "attach": attach_cmd, "init": init_cmd, "pipeline": pipeline}
+    from elo_lightning.evaluation import judge
+
+    commands = {
+        "detach": detach_cmd,
+        "attach": attach_cmd,
+        "init": init_cmd,
+        "pipeline": pipeline,
+        "chat-vector": chat_vector_cmd,
+        "eval": eval_cmd,
+        "judge": {"generate": judge.generate_answers, "score": judge.judge_answers},
+    }
     try:
         from elo_lightning import bench, figure
 

@@ -215,7 +215,8 @@ def measure_train_flops(build_model: Callable[[], torch.nn.Module], batch_size: 
     model.train()
 
     def forward() -> torch.Tensor:
-        out = model(input_ids=input_ids, labels=input_ids)
+        # use_cache=True: without a cache transformers probes position_ids for packed sequences (.item() on meta).
+        out = model(input_ids=input_ids, labels=input_ids, use_cache=True)
         loss = out.loss if hasattr(out, "loss") else out["loss"]
         if loss is None:
             raise RuntimeError("measure_train_flops: model returned no loss for labels=input_ids")

@@ -2,8 +2,10 @@
 
 base (a tiny Llama pretrained here on English only: the stand-in for an English-centric LLM)
   -> ELO pretraining of λ on en:ko = 1:9 -> attach + alignment (full fine-tuning)
-  vs the FFT baseline on the same data for the same number of steps
-  -> per-language validation perplexity of base, ELO-aligned and FFT, as a table and results.json.
+  vs the FFT baseline on the same data for the same number of steps;
+  instruct = base + English chat SFT (the stand-in for the vendor's instruct model)
+  -> chat vector (instruct - base) added to the ELO-aligned model -> bilingual SFT (ko:en = 1:1)
+  -> per-language held-out perplexity / bits-per-byte and two tiny lm-eval tasks, as a table and results.json.
 Learning rates are the tiny model's (1e-3), not the paper's 5e-6 for 8B models.
 """
 
@@ -20,7 +22,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from elo_lightning.io import write_json_atomic
 from elo_lightning.optim import OptimizerConfig
 
-SAMPLE = Path("data/sample/pretrain")
+SAMPLE = Path("data/sample")
 
 
 def _datamodule(tokenizer: str, weights: dict[str, float], seq_len: int, batch_size: int, seed: int, data: Path):
@@ -63,17 +65,24 @@ def _fit(module, dm, output: Path, name: str, steps: int, accelerator: str) -> f
     return time.perf_counter() - start
 
 
-def _validate(model_dir: Path, dm, accelerator: str) -> dict[str, float]:
-    from elo_lightning.modules import AlignmentModule
+def _sft_data(tokenizer: str, weights: dict[str, float], seed: int, batch_size: int, data: Path):
+    from elo_lightning.data.sft import SFTDataModule
 
-    module = AlignmentModule(model=str(model_dir), measure_flops=False)
-    trainer = L.Trainer(accelerator=accelerator, devices=1, logger=False, enable_model_summary=False)
-    trainer.validate(module, datamodule=dm, verbose=False)
-    return {
-        lang: float(trainer.callback_metrics[f"val/{lang}/ppl"])
-        for lang in dm.val_languages
-        if f"val/{lang}/ppl" in trainer.callback_metrics
-    }
+    return SFTDataModule(tokenizer=tokenizer, files=[str(data / "sft" / "conversations.jsonl")], lang_weights=weights,
+                         max_length=256, batch_size=batch_size, seed=seed, val_fraction=0.0)
+
+
+def _evaluate(model_dir: Path, files: dict[str, list[str]], seq_len: int, tasks: Path | None) -> dict:
+    from elo_lightning.evaluation.perplexity import evaluate_perplexity
+
+    result = {"perplexity": evaluate_perplexity(str(model_dir), None, files, seq_len=seq_len, max_sequences=32)}
+    if tasks is not None:
+        from elo_lightning.evaluation.lm_eval_runner import run_lm_eval
+
+        names = sorted(p.stem for p in tasks.glob("*.yaml"))
+        raw = run_lm_eval(str(model_dir), [f"elo_{n}" for n in names], include_path=str(tasks), batch_size=8)
+        result["lm_eval"] = {task: metrics.get("acc") for task, metrics in raw["tasks"].items()}
+    return result
 
 
 def pipeline(
@@ -88,17 +97,19 @@ def pipeline(
     base_steps: int = 300,
     elo_steps: int = 200,
     align_steps: int = 40,
+    sft_steps: int = 40,
+    eval_tasks: str | None = "data/eval_tasks",
     lr: float = 1e-3,
     seed: int = 42,
     accelerator: str = "cpu",
 ) -> dict:
-    """Run init -> English base -> ELO -> attach + align, and the FFT baseline; print per-language perplexity.
+    """The whole method offline: base -> ELO -> align (vs FFT) -> chat vector -> SFT -> evaluation table.
 
     Args:
         output: run directory (models, TensorBoard logs, results.json).
         config: architecture of the tiny model.
         tokenizer: tokenizer directory.
-        data: folder with <lang>/train-*.jsonl and <lang>/valid.jsonl.
+        data: folder with pretrain/<lang>/{train-*,valid}.jsonl and sft/conversations.jsonl.
         target: the new language (mixed English:target = 1:9 as in the paper).
         layers: λ, 1-based.
         seq_len: tokens per packed sequence.
@@ -106,21 +117,25 @@ def pipeline(
         base_steps: English-only pretraining steps that make the base model.
         elo_steps: ELO pretraining steps (the FFT baseline gets elo_steps + align_steps).
         align_steps: alignment (full fine-tuning) steps after attaching.
+        sft_steps: steps of each SFT run (English instruct stand-in; bilingual SFT after the chat vector).
+        eval_tasks: folder of local lm-eval task YAMLs run on every model (None: perplexity only).
         lr: peak learning rate for every stage (cosine, 8-bit AdamW).
         seed: seed for init and data order.
         accelerator: cpu, gpu or auto.
     """
+    from elo_lightning.chat_vector import apply_chat_vector
     from elo_lightning.cli import init_cmd
-    from elo_lightning.modules import AlignmentModule, DetachedLayerModule
+    from elo_lightning.modules import AlignmentModule, DetachedLayerModule, SFTModule
 
     torch.manual_seed(seed)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     data_dir = Path(data)
+    pretrain = data_dir / "pretrain"
     optim = OptimizerConfig(lr=lr, warmup_steps=10, min_lr_ratio=0.1)
     common = dict(tokenizer=tokenizer, optimizer=optim, seed=seed)
-    mixed = _datamodule(tokenizer, {"en": 1.0, target: 9.0}, seq_len, batch_size, seed, data_dir)
-    english = _datamodule(tokenizer, {"en": 1.0}, seq_len, batch_size, seed + 1, data_dir)
+    mixed = _datamodule(tokenizer, {"en": 1.0, target: 9.0}, seq_len, batch_size, seed, pretrain)
+    english = _datamodule(tokenizer, {"en": 1.0}, seq_len, batch_size, seed + 1, pretrain)
     times: dict[str, float] = {}
     wall = time.perf_counter()
 
@@ -133,20 +148,32 @@ def pipeline(
     align = AlignmentModule(
         model=str(out / "base"), detached=str(out / "elo"), export_dir=str(out / "elo_aligned"), **common
     )
-    times["align"] = _fit(align, _datamodule(tokenizer, {"en": 1.0, target: 9.0}, seq_len, batch_size, seed + 2, data_dir), out, "align", align_steps, accelerator)
+    times["align"] = _fit(align, _datamodule(tokenizer, {"en": 1.0, target: 9.0}, seq_len, batch_size, seed + 2, pretrain), out, "align", align_steps, accelerator)
     fft = AlignmentModule(model=str(out / "base"), export_dir=str(out / "fft"), **common)
-    times["fft"] = _fit(fft, _datamodule(tokenizer, {"en": 1.0, target: 9.0}, seq_len, batch_size, seed, data_dir), out, "fft", elo_steps + align_steps, accelerator)
+    times["fft"] = _fit(fft, _datamodule(tokenizer, {"en": 1.0, target: 9.0}, seq_len, batch_size, seed, pretrain), out, "fft", elo_steps + align_steps, accelerator)
 
-    evaluation = _datamodule(tokenizer, {"en": 1.0, target: 1.0}, seq_len, batch_size, seed, data_dir)
-    models = {name: _validate(out / name, evaluation, accelerator) for name in ("base", "elo_aligned", "fft")}
+    english_chat = _sft_data(tokenizer, {"en": 1.0}, seed, batch_size, data_dir)
+    instruct = SFTModule(model=str(out / "base"), export_dir=str(out / "instruct"), **common)
+    times["instruct"] = _fit(instruct, english_chat, out, "instruct", sft_steps, accelerator)
+    apply_chat_vector(str(out / "base"), str(out / "instruct"), str(out / "elo_aligned"), str(out / "chat_vector"),
+                      overwrite=True)
+    bilingual_chat = _sft_data(tokenizer, {target: 1.0, "en": 1.0}, seed, batch_size, data_dir)
+    sft = SFTModule(model=str(out / "chat_vector"), export_dir=str(out / "sft"), **common)
+    times["sft"] = _fit(sft, bilingual_chat, out, "sft", sft_steps, accelerator)
+
+    files = {lang: [str(pretrain / lang / "valid.jsonl")] for lang in ("en", target)}
+    tasks = Path(eval_tasks) if eval_tasks else None
+    models = {name: _evaluate(out / name, files, seq_len, tasks) for name in ("base", "elo_aligned", "fft", "sft")}
     results = {
         "target": target,
         "layers": layers,
-        "steps": {"base": base_steps, "elo": elo_steps, "align": align_steps, "fft": elo_steps + align_steps},
+        "steps": {"base": base_steps, "elo": elo_steps, "align": align_steps, "fft": elo_steps + align_steps,
+                  "instruct": sft_steps, "sft": sft_steps},
         "tokens_per_step": seq_len * batch_size,
         "train_seconds": {k: round(v, 1) for k, v in times.items()},
         "wall_seconds": round(time.perf_counter() - wall, 1),
-        "models": {name: {lang: {"perplexity": ppl} for lang, ppl in ppls.items()} for name, ppls in models.items()},
+        "models": {name: m["perplexity"] for name, m in models.items()},
+        "lm_eval": {name: m.get("lm_eval", {}) for name, m in models.items()},
     }
     write_json_atomic(out / "results.json", results)
     print(format_table(results))
@@ -156,9 +183,13 @@ def pipeline(
 
 def format_table(results: dict) -> str:
     langs = sorted({lang for m in results["models"].values() for lang in m})
-    lines = ["| model | " + " | ".join(f"ppl {lang}" for lang in langs) + " |", "|---" * (len(langs) + 1) + "|"]
+    tasks = sorted({t for m in results.get("lm_eval", {}).values() for t in m})
+    head = [f"ppl {lang}" for lang in langs] + [f"bpb {lang}" for lang in langs] + [t.removeprefix("elo_tiny_") for t in tasks]
+    lines = ["| model | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
     for name, per_lang in results["models"].items():
-        cells = [f"{per_lang[lang]['perplexity']:.1f}" if lang in per_lang else "-" for lang in langs]
+        cells = [f"{per_lang[lang]['perplexity']:.1f}" for lang in langs]
+        cells += [f"{per_lang[lang]['bits_per_byte']:.3f}" for lang in langs]
+        cells += [f"{results['lm_eval'][name].get(t, float('nan')):.2f}" for t in tasks]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     t = results["train_seconds"]
     lines.append(

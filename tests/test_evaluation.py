@@ -16,7 +16,7 @@ from elo_lightning.evaluation.perplexity import build_windows, evaluate_perplexi
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = ROOT / "configs" / "tokenizer"
-TASKS = ROOT / "tests" / "fixtures" / "lm_eval_tasks"
+TASKS = ROOT / "data" / "eval_tasks"
 
 DOCS = {
     "ko": ["한국어 문장을 평가합니다.", "두 번째 문서: 서울은 대한민국의 수도이다."],

@@ -10,7 +10,7 @@ them where the hub is reachable or the datasets are cached):
 
 Local tasks: pass ``include_path`` = a directory of task YAMLs. Relative paths in ``dataset_kwargs.data_files`` are
 resolved against the YAML's directory (lm-eval itself would resolve them against the working directory), so a
-task folder can ship its own jsonl data, as ``tests/fixtures/lm_eval_tasks`` does.
+task folder can ship its own jsonl data, as ``data/eval_tasks`` (the tiny offline tasks the embedded pipeline runs) does.
 """
 
 from __future__ import annotations

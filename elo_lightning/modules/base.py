@@ -79,7 +79,14 @@ class CausalLMModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
+        if self.device_mesh is not None:  # FSDP2: rank 0 loads, the others build on meta (elo_lightning.sharding)
+            from elo_lightning.sharding import build_sharded
+
+            self.model = build_sharded(self, self.device_mesh, self.hparams.sharding or ShardingConfig())
+            return
         self.model = self.build_model().train()  # from_pretrained returns eval mode
+        # No KV cache in training: with one, transformers ignores packed position_ids and lets packed docs attend.
+        self.model.config.use_cache = False
         if self.hparams.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if self.device_mesh is not None:
