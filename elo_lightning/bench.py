@@ -121,7 +121,7 @@ def bench(
     precision: str = "32-true",
     accelerator: str = "auto",
     gradient_checkpointing: bool = False,
-    lora_rank: int = 64,
+    lora_rank: int | None = None,
     best_batch: bool = False,
     max_batch_size: int = 64,
 ) -> dict:
@@ -139,7 +139,8 @@ def bench(
         precision: Lightning precision, e.g. 32-true on CPU, bf16-true on H100.
         accelerator: cpu, gpu or auto.
         gradient_checkpointing: recompute activations (lets FFT/LoRA fit long sequences on one GPU).
-        lora_rank: LoRA rank (alpha = 2 * rank) on all attention and MLP projections.
+        lora_rank: LoRA rank (alpha = 2 * rank) on all attention and MLP projections; default 64 at hidden 4096,
+            scaled with the hidden size so a scaled-down model keeps the adapters' share of the FLOPs.
         best_batch: also search, per method, the micro-batch (doubling up to max_batch_size, until out of memory)
             with the highest tokens/s.
         max_batch_size: upper bound of that search.
@@ -157,6 +158,7 @@ def bench(
         raise ELOError(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
     config = load_config(arch)
     lam = parse_layers(layers, config.num_hidden_layers)
+    lora_rank = lora_rank or max(1, round(64 * config.hidden_size / 4096))
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     args = dict(arch=arch, layers=layers, seq_len=seq_len, steps=steps, warmup=warmup, precision=precision,

@@ -1,6 +1,7 @@
 """Each stage trains exactly what it claims to, and exports something the next stage can use."""
 
 import copy
+import json
 
 import lightning as L
 import pytest
@@ -90,6 +91,16 @@ def test_fft_is_alignment_with_nothing_attached(source):
     original = AutoModelForCausalLM.from_pretrained(source)
     layers = {k.split(".")[2] for k in changed(fft.model, original) if k.startswith("model.layers.")}
     assert layers == {str(i) for i in range(6)}
+
+
+def test_export_reloads_with_identical_logits(source, tmp_path):
+    fft = AlignmentModule(model=str(source), optimizer=OPTIM, export_dir=str(tmp_path / "fft"))
+    fit(fft, steps=2)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "fft").eval()
+    assert json.loads((tmp_path / "fft" / "elo_export.json").read_text())["stage"] == "fft"
+    x = torch.randint(0, 512, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x).logits, fft.model.eval()(x).logits, rtol=0, atol=0)
 
 
 def test_freeze_tuning_changes_only_lambda(source):
