@@ -36,6 +36,18 @@ from elo_lightning.errors import ELOError
 from elo_lightning.io import write_json_atomic
 
 MARKER = "elo_checkpoint.json"
+
+
+def _allow_our_hparams() -> None:
+    """Checkpoints store the hyperparameters, whose dataclasses ``torch.load(weights_only=True)`` must accept."""
+    from elo_lightning.data.bilingual import LanguageSource
+    from elo_lightning.optim import OptimizerConfig
+    from elo_lightning.sharding import ShardingConfig
+
+    torch.serialization.add_safe_globals([OptimizerConfig, ShardingConfig, LanguageSource])
+
+
+_allow_our_hparams()
 META = "meta.pt"  # lightning.fabric.utilities.load._METADATA_FILENAME
 
 

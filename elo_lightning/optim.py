@@ -52,8 +52,10 @@ def build_optimizer(named_params: Iterable[tuple[str, torch.nn.Parameter]], cfg:
         raise ValueError("no trainable parameters")
     groups = [g for g in ({"params": decay}, {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
     if cfg.name == "adamw8bit":
-        opt = _bnb_adamw8bit(groups, cfg)
-        if opt is not None:
+        if any(type(p).__name__ == "DTensor" for g in groups for p in g["params"]):  # FSDP2 shards
+            warnings.warn("8-bit AdamW (bitsandbytes) cannot step FSDP2 (DTensor) parameters; falling back to "
+                          "torch AdamW (use strategy ddp to keep 8-bit AdamW)")
+        elif (opt := _bnb_adamw8bit(groups, cfg)) is not None:
             return opt
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
 
