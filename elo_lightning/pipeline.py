@@ -49,8 +49,8 @@ def _trainer(output: Path, name: str, max_steps: int, accelerator: str, callback
         max_steps=max_steps,
         accelerator=accelerator,
         devices=1,
-        logger=TensorBoardLogger(save_dir=str(output), name=name, version=""),
-        callbacks=[ThroughputLogger(output_dir=str(output / name), warmup_steps=2), *callbacks],
+        logger=TensorBoardLogger(save_dir=str(output / "logs"), name=name, version=""),
+        callbacks=[ThroughputLogger(output_dir=str(output / "logs" / name), warmup_steps=2), *callbacks],
         enable_checkpointing=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
@@ -63,6 +63,10 @@ def _fit(module, dm, output: Path, name: str, steps: int, accelerator: str) -> f
     start = time.perf_counter()
     _trainer(output, name, steps, accelerator).fit(module, datamodule=dm)
     return time.perf_counter() - start
+
+
+def _summary(out: Path, name: str) -> dict:
+    return json.loads((out / "logs" / name / "summary.json").read_text())
 
 
 def _sft_data(tokenizer: str, weights: dict[str, float], seed: int, batch_size: int, data: Path):
@@ -94,10 +98,10 @@ def pipeline(
     layers: str = "1,-1",
     seq_len: int = 128,
     batch_size: int = 8,
-    base_steps: int = 300,
-    elo_steps: int = 200,
-    align_steps: int = 40,
-    sft_steps: int = 40,
+    base_steps: int = 200,
+    elo_steps: int = 150,
+    align_steps: int = 30,
+    sft_steps: int = 30,
     eval_tasks: str | None = "data/eval_tasks",
     lr: float = 1e-3,
     seed: int = 42,
@@ -171,6 +175,7 @@ def pipeline(
                   "instruct": sft_steps, "sft": sft_steps},
         "tokens_per_step": seq_len * batch_size,
         "train_seconds": {k: round(v, 1) for k, v in times.items()},
+        "tokens_per_s": {k: round(_summary(out, k)["tokens_per_s"]) for k in times},
         "wall_seconds": round(time.perf_counter() - wall, 1),
         "models": {name: m["perplexity"] for name, m in models.items()},
         "lm_eval": {name: m.get("lm_eval", {}) for name, m in models.items()},
@@ -191,10 +196,10 @@ def format_table(results: dict) -> str:
         cells += [f"{per_lang[lang]['bits_per_byte']:.3f}" for lang in langs]
         cells += [f"{results['lm_eval'][name].get(t, float('nan')):.2f}" for t in tasks]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    t = results["train_seconds"]
+    t, tps = results["train_seconds"], results["tokens_per_s"]
     lines.append(
-        f"\ntraining time: ELO {t['elo']:.0f}s + align {t['align']:.0f}s vs FFT {t['fft']:.0f}s "
-        f"(same tokens); wall {results['wall_seconds']:.0f}s"
+        f"\ntraining time: ELO {t['elo']:.0f}s + align {t['align']:.0f}s vs FFT {t['fft']:.0f}s (same tokens); "
+        f"tokens/s ELO {tps['elo']} vs FFT {tps['fft']}; wall {results['wall_seconds']:.0f}s"
     )
     return "\n".join(lines)
 
