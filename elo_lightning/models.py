@@ -23,7 +23,11 @@ _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_m
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    """``None`` = the current default dtype, which Lightning sets to bf16 inside ``configure_model`` under
+    ``precision="bf16-true"``: weights are then loaded directly in bf16, never materialised in fp32."""
+    if dtype is None:
+        return torch.get_default_dtype()
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPES:
@@ -76,7 +80,7 @@ def has_weights(source: str | Path) -> bool:
     return True  # a hub id: the weights live there
 
 
-def init_model(config: PretrainedConfig, seed: int = 42, dtype: str | torch.dtype = "float32") -> PreTrainedModel:
+def init_model(config: PretrainedConfig, seed: int = 42, dtype: str | torch.dtype | None = None) -> PreTrainedModel:
     """Random init from an architecture config, reproducible by seed."""
     check_architecture(config)
     with torch.random.fork_rng(devices=[]):
@@ -86,7 +90,7 @@ def init_model(config: PretrainedConfig, seed: int = 42, dtype: str | torch.dtyp
 
 
 def load_causal_lm(
-    source: str | Path, dtype: str | torch.dtype = "float32", seed: int = 42, device: str | torch.device = "cpu"
+    source: str | Path, dtype: str | torch.dtype | None = None, seed: int = 42, device: str | torch.device = "cpu"
 ) -> PreTrainedModel:
     """A causal LM from an HF directory or hub id (weights loaded) or an architecture config (random init)."""
     if str(device) == "meta":
