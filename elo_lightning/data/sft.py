@@ -241,33 +241,27 @@ def pack_examples(examples: list[dict[str, Any]], max_length: int) -> list[dict[
     return rows
 
 
-def collate_padded(items: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+def collate(items: list[dict[str, Any]], pad_id: int, packed: bool) -> dict[str, Any]:
+    """Right-pad rows to the batch max. Unpacked rows get an attention_mask; packed rows get position_ids that
+    restart per conversation (padding is its own block), from which transformers builds a block-diagonal mask."""
     width = max(len(x["input_ids"]) for x in items)
     ids = torch.full((len(items), width), pad_id, dtype=torch.long)
     labels = torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(items), width), dtype=torch.long)
+    extra = torch.zeros((len(items), width), dtype=torch.long)  # attention_mask or position_ids
     for r, x in enumerate(items):
         n = len(x["input_ids"])
         ids[r, :n] = torch.tensor(x["input_ids"])
         labels[r, :n] = torch.tensor(x["labels"])
-        mask[r, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-def collate_packed(items: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
-    width = max(len(x["input_ids"]) for x in items)
-    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long)
-    pos = torch.zeros((len(items), width), dtype=torch.long)
-    for r, x in enumerate(items):
-        n = len(x["input_ids"])
-        ids[r, :n] = torch.tensor(x["input_ids"])
-        labels[r, :n] = torch.tensor(x["labels"])
-        pos[r, :n] = torch.tensor(x["position_ids"])
-        pos[r, n:] = torch.arange(width - n)  # padding is its own block
+        if packed:
+            extra[r, :n] = torch.tensor(x["position_ids"])
+            extra[r, n:] = torch.arange(width - n)
+        else:
+            extra[r, :n] = 1
+    if not packed:
+        return {"input_ids": ids, "attention_mask": extra, "labels": labels}
     # use_cache=False is part of the batch on purpose: HF models default to use_cache=True (even in train mode),
     # which creates a DynamicCache and silently disables the packed-sequence (block-diagonal) mask.
-    return {"input_ids": ids, "labels": labels, "position_ids": pos, "use_cache": False}
+    return {"input_ids": ids, "labels": labels, "position_ids": extra, "use_cache": False}
 
 
 def mix_by_language(
@@ -441,7 +435,7 @@ class SFTDataModule(L.LightningDataModule):
         return pack_examples(examples, self.max_length) if self.packing else examples
 
     def _collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        return collate_packed(items, self.pad_id) if self.packing else collate_padded(items, self.pad_id)
+        return collate(items, self.pad_id, self.packing)
 
     def _loader(self, rows: list[dict[str, Any]], shuffle: bool) -> DataLoader:
         gen = torch.Generator().manual_seed(self.seed) if shuffle else None

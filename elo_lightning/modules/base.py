@@ -21,7 +21,7 @@ from elo_lightning.export import export_hf, stage_manifest
 from elo_lightning.sharding import ShardingConfig, shard_model
 from elo_lightning.optim import OptimizerConfig, build_optimizer, build_scheduler
 
-HF_BATCH_KEYS = ("input_ids", "labels", "attention_mask", "position_ids")
+HF_BATCH_KEYS = ("input_ids", "labels", "attention_mask", "position_ids", "use_cache")
 
 
 class CausalLMModule(L.LightningModule):
