@@ -297,4 +297,4 @@ def test_config_parses(config, capsys):
 
 def test_all_configs_exist():
     names = {Path(p).name for p in glob.glob(str(REPO / "configs/8xh100/*.yaml"))}
-    assert {"elo.yaml", "elo-ddp.yaml", "align.yaml", "fft.yaml", "lora.yaml", "align-70b.yaml"} <= names
+    assert {"elo.yaml", "elo-fsdp2.yaml", "align.yaml", "fft.yaml", "lora.yaml", "align-70b.yaml"} <= names

@@ -53,7 +53,7 @@ class RandomTokens(Dataset):
 def make_module(stage: str, source: str, optimizer: str = "adamw", detached: str | None = None,
                 activation_checkpointing: bool = True, **kw):
     common = dict(optimizer=OptimizerConfig(name=optimizer, lr=LR), measure_flops=False,
-                  sharding=ShardingConfig(param_dtype=None, reduce_dtype=None,
+                  sharding=ShardingConfig(param_dtype=None, reduce_dtype=None, rank0_load=os.environ.get("ELO_RANK0_LOAD", "1") == "1",
                                           activation_checkpointing=activation_checkpointing), **kw)
     if stage == "elo":
         return DetachedLayerModule(model=source, layers="1,-1", **common)
@@ -138,8 +138,10 @@ def sc_train(spec, kind, stage, source="source") -> dict:
     _, ws = world()
     module = make_module(stage, spec[source])
     rec = Record()
-    t = trainer(kind, 3, [rec])
-    t.fit(module, train_dataloaders=DataLoader(RandomTokens(), batch_size=spec["global_batch"] // ws))
+    t = trainer(kind, 3, [rec], use_distributed_sampler=False)
+    rank, _ = world()  # rank r reads samples r, r+ws, ...: step k's global batch = samples 4k..4k+3 as in 1 process
+    data = torch.utils.data.Subset(RandomTokens(), list(range(rank, 24, ws)))
+    t.fit(module, train_dataloaders=DataLoader(data, batch_size=spec["global_batch"] // ws))
     after = full_state(module.model)
     ref = make_module(stage, spec[source]).build_model()
     lm = getattr(getattr(module.model, "base_model", None), "model", module.model)

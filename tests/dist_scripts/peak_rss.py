@@ -1,0 +1,51 @@
+"""Peak RSS per rank for each stage, FSDP2 (2 ranks) vs unsharded (1 process), on a small config.
+
+    python -m torch.distributed.run --nproc_per_node 2 tests/dist_scripts/peak_rss.py MODEL.json OUT.json fsdp2
+    python tests/dist_scripts/peak_rss.py MODEL.json OUT.json single
+Each stage runs in a fresh process (ru_maxrss only grows): pass STAGE as the 4th argument.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from worker import RandomTokens, make_module, trainer  # noqa: E402
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main() -> None:
+    model, out, kind, stage = sys.argv[1:5]
+    base = rss_mb()
+    rank, ws = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    module = make_module(stage, model)
+    vocab = json.loads(Path(model).read_text())["vocab_size"] if model.endswith(".json") else 512
+    data = DataLoader(RandomTokens(n=16, seq_len=64, vocab=vocab), batch_size=4 // ws)
+    if kind == "single":
+        import lightning as L
+
+        t = L.Trainer(max_steps=3, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False)
+    else:
+        t = trainer(kind, 3)
+    t.fit(module, train_dataloaders=data)
+    n = sum(p.numel() for p in module.model.parameters())
+    res = {"stage": stage, "kind": kind, "rank": rank, "world": ws, "peak_rss_mb": round(rss_mb(), 1),
+           "after_imports_mb": round(base, 1), "local_params": n}
+    with open(out, "a") as f:
+        f.write(json.dumps(res) + "\n")
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    main()
