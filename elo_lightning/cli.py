@@ -183,6 +183,19 @@ def eval_cmd(
     return result
 
 
+def consolidate_cmd(checkpoint_dir: str, output_dir: str, model_source: str | None = None) -> None:
+    """Turn a sharded (FSDP2/DCP) training checkpoint into the stage's plain HF export, exact weights.
+
+    Args:
+        checkpoint_dir: a complete sharded checkpoint directory (has elo_checkpoint.json).
+        output_dir: HF directory to write.
+        model_source: the stage's model argument, if it moved since training.
+    """
+    from elo_lightning.checkpoint import consolidate
+
+    print(f"consolidated -> {consolidate(checkpoint_dir, model_source, output_dir)}")
+
+
 def _maybe_tokenizer(path: str):
     if not Path(path, "tokenizer_config.json").is_file():
         return None
@@ -203,6 +216,7 @@ def _tool_commands() -> dict:
         "pipeline": pipeline,
         "chat-vector": chat_vector_cmd,
         "eval": eval_cmd,
+        "consolidate": consolidate_cmd,
         "judge": {"generate": judge.generate_answers, "score": judge.judge_answers},
     }
     try:
