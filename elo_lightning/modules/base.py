@@ -18,7 +18,7 @@ from transformers import PreTrainedModel
 
 from elo_lightning.errors import ELOError
 from elo_lightning.export import export_hf, stage_manifest
-from elo_lightning.sharding import ShardingConfig, shard_model
+from elo_lightning.sharding import ShardingConfig, build_sharded
 from elo_lightning.optim import OptimizerConfig, build_optimizer, build_scheduler
 
 HF_BATCH_KEYS = ("input_ids", "labels", "attention_mask", "position_ids", "use_cache")
@@ -79,18 +79,14 @@ class CausalLMModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
-        if self.device_mesh is not None:  # FSDP2: rank 0 loads, the others build on meta (elo_lightning.sharding)
-            from elo_lightning.sharding import build_sharded
-
+        if self.device_mesh is not None:  # FSDP2: rank 0 loads, the others build on meta, then shard + broadcast
             self.model = build_sharded(self, self.device_mesh, self.hparams.sharding or ShardingConfig())
-            return
-        self.model = self.build_model().train()  # from_pretrained returns eval mode
+        else:
+            self.model = self.build_model().train()  # from_pretrained returns eval mode
+            if self.hparams.gradient_checkpointing:
+                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         # No KV cache in training: with one, transformers ignores packed position_ids and lets packed docs attend.
         self.model.config.use_cache = False
-        if self.hparams.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if self.device_mesh is not None:
-            shard_model(self.model, self.device_mesh, self.hparams.sharding or ShardingConfig())
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None)
