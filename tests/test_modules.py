@@ -6,7 +6,7 @@ import json
 import lightning as L
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM
 
 from elo_lightning.errors import ELOError
@@ -14,21 +14,9 @@ from elo_lightning.modules import AlignmentModule, DetachedLayerModule, FreezeTu
 from elo_lightning.optim import OptimizerConfig
 from elo_lightning.surgery import attach, load_detached, read_manifest
 
-from tiny_models import tiny_model
+from tiny_models import RandomTokens, tiny_model
 
 OPTIM = OptimizerConfig(name="adamw", lr=1e-2)
-
-
-class RandomTokens(Dataset):
-    def __init__(self, n=16, seq_len=16, vocab=512, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        self.x = torch.randint(0, vocab, (n, seq_len), generator=g)
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return {"input_ids": self.x[i], "labels": self.x[i]}
 
 
 def fit(module, steps=3):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch.utils.data import Dataset
 from transformers import AutoConfig, AutoModelForCausalLM
 
 COMMON = dict(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2, vocab_size=512,
@@ -25,3 +26,17 @@ def tiny_model(family: str, seed: int = 0) -> torch.nn.Module:
     config._attn_implementation = "eager"
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config).eval()
+
+
+class RandomTokens(Dataset):
+    """Fixed random token rows (labels = inputs): enough to train a tiny model a few steps."""
+
+    def __init__(self, n=16, seq_len=16, vocab=512, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randint(0, vocab, (n, seq_len), generator=g)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.x[i], "labels": self.x[i]}

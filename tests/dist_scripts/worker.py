@@ -27,27 +27,16 @@ sys.path.insert(0, str(REPO / "tests"))
 import lightning as L  # noqa: E402
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint  # noqa: E402
 from lightning.pytorch.strategies import DDPStrategy  # noqa: E402
-from torch.utils.data import DataLoader, Dataset  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
 
 from elo_lightning.checkpoint import AtomicCheckpointIO, AtomicModelParallelStrategy, is_complete, latest_checkpoint  # noqa: E402
 from elo_lightning.errors import ELOError  # noqa: E402
 from elo_lightning.modules import AlignmentModule, DetachedLayerModule, FreezeTuningModule, LoRAModule  # noqa: E402
 from elo_lightning.optim import OptimizerConfig  # noqa: E402
 from elo_lightning.sharding import ShardingConfig  # noqa: E402
+from tiny_models import RandomTokens  # noqa: E402
 
 LR = 1e-3
-
-
-class RandomTokens(Dataset):
-    def __init__(self, n=24, seq_len=16, vocab=512, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        self.x = torch.randint(0, vocab, (n, seq_len), generator=g)
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return {"input_ids": self.x[i], "labels": self.x[i]}
 
 
 def make_module(stage: str, source: str, optimizer: str = "adamw", detached: str | None = None,
@@ -140,7 +129,7 @@ def sc_train(spec, kind, stage, source="source") -> dict:
     rec = Record()
     t = trainer(kind, 3, [rec], use_distributed_sampler=False)
     rank, _ = world()  # rank r reads samples r, r+ws, ...: step k's global batch = samples 4k..4k+3 as in 1 process
-    data = torch.utils.data.Subset(RandomTokens(), list(range(rank, 24, ws)))
+    data = torch.utils.data.Subset(RandomTokens(n=24), list(range(rank, 24, ws)))
     t.fit(module, train_dataloaders=DataLoader(data, batch_size=spec["global_batch"] // ws))
     after = full_state(module.model)
     ref = make_module(stage, spec[source]).build_model()
@@ -164,7 +153,7 @@ def sc_attach(spec, kind) -> dict:
 
     module = make_module("align", spec["source"], detached=spec["detached"])
     t = trainer(kind, 0)
-    t.fit(module, train_dataloaders=DataLoader(RandomTokens(), batch_size=2))  # max_steps=0: setup only
+    t.fit(module, train_dataloaders=DataLoader(RandomTokens(n=24), batch_size=2))  # max_steps=0: setup only
     got = full_state(module.model)
     expected = AutoModelForCausalLM.from_pretrained(spec["source"])
     attach(expected, *load_detached(spec["detached"]))
@@ -261,7 +250,7 @@ def sc_world1(spec, kind) -> dict:
     ckpt = spec["checkpoint"]
     rec = Record()
     t = trainer(kind, 3, [rec])
-    t.fit(make_module("elo", spec["source_8k"]), train_dataloaders=DataLoader(RandomTokens(vocab=8192), batch_size=4),
+    t.fit(make_module("elo", spec["source_8k"]), train_dataloaders=DataLoader(RandomTokens(n=24, vocab=8192), batch_size=4),
           ckpt_path=ckpt)
     out = {"weights_hash_at_start": rec.start_hash, "global_step": t.global_step, "losses": rec.losses}
     try:
