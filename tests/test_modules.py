@@ -19,9 +19,9 @@ from tiny_models import RandomTokens, tiny_model
 OPTIM = OptimizerConfig(name="adamw", lr=1e-2)
 
 
-def fit(module, steps=3):
+def fit(module, steps=3, callbacks=()):
     trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=list(callbacks))
     trainer.fit(module, train_dataloaders=DataLoader(RandomTokens(), batch_size=4))
     return trainer
 
@@ -114,3 +114,14 @@ def test_tokenizer_larger_than_vocabulary_is_refused(source):
     module = DetachedLayerModule(model=str(source), tokenizer="configs/tokenizer", optimizer=OPTIM)  # 8192 > 512
     with pytest.raises(ELOError, match="tokenizer has 8192 tokens"):
         fit(module, steps=1)
+
+
+def test_export_on_request_every_n_steps(source, tmp_path):
+    from elo_lightning.callbacks import HFExport
+
+    module = DetachedLayerModule(model=str(source), optimizer=OPTIM)
+    fit(module, steps=4, callbacks=[HFExport(str(tmp_path / "exports"), every_n_train_steps=2)])
+    assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == ["step-2", "step-4"]
+    small, manifest = load_detached(tmp_path / "exports" / "step-4")
+    assert manifest.layers == [0, 5]
+    assert not changed(small, module.model)

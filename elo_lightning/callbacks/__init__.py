@@ -1,5 +1,6 @@
-"""Lightning callbacks."""
+"""Lightning callbacks; they know nothing of the method."""
 
+from elo_lightning.callbacks.export import HFExport
 from elo_lightning.callbacks.throughput import ThroughputLogger
 
-__all__ = ["ThroughputLogger"]
+__all__ = ["HFExport", "ThroughputLogger"]
