@@ -181,9 +181,25 @@ def pipeline(
         "lm_eval": {name: m.get("lm_eval", {}) for name, m in models.items()},
     }
     write_json_atomic(out / "results.json", results)
+    _draw(results, out)
     print(format_table(results))
-    print(f"results: {out / 'results.json'}")
+    print(f"results: {out / 'results.json'}  figures: {out / 'loss_curves.png'}, {out / 'bits_per_byte.png'}")
     return results
+
+
+def _draw(results: dict, out: Path) -> None:
+    """The pictures people look at first: training loss of every stage and per-language bits per byte."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from elo_lightning.evaluation.analysis import load_scalars, plot_loss_curves, plot_perplexity_bars
+
+    for name, fig in (("loss_curves.png", plot_loss_curves(load_scalars(out / "logs"), order=list(results["train_seconds"]))),
+                      ("bits_per_byte.png", plot_perplexity_bars(results["models"], "bits_per_byte", logy=False))):
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
 
 
 def format_table(results: dict) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -162,4 +161,16 @@ def test_analysis_helpers_and_notebook_executes(tmp_path):
     images = [o for o in outputs if o.get("output_type") == "display_data" and "image/png" in o.get("data", {})]
     assert len(images) >= 3  # loss curves, ppl curves, perplexity bars
     assert not [o for o in outputs if o.get("output_type") == "error"]
-    assert shutil.which is not None
+
+
+def test_loss_curves_follow_the_given_stage_order(tmp_path):
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    from elo_lightning.evaluation import analysis
+
+    _fake_runs(tmp_path)
+    rows = analysis.load_scalars(str(tmp_path))
+    fig = analysis.plot_loss_curves(rows, order=["sft/version_0", "elo_pretrain/version_0"], ncols=1)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["sft/version_0", "elo_pretrain/version_0"]
+    assert {line.get_label() for line in fig.axes[0].lines} == {"train", "val/ko", "val/en"}

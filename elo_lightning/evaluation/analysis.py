@@ -78,15 +78,19 @@ def curves(rows: list[dict[str, Any]], metric: str = "loss") -> dict[str, dict[s
     return dict(out)
 
 
-def plot_loss_curves(rows: list[dict[str, Any]], metric: str = "loss", logy: bool = False):
-    """One panel per run (stage), one line per split/language; returns the matplotlib figure."""
+def plot_loss_curves(rows: list[dict[str, Any]], metric: str = "loss", logy: bool = False,
+                     order: list[str] | None = None, ncols: int = 3):
+    """One panel per run (stage; in ``order`` if given, else by name), one line per split/language, ``ncols`` a row."""
     import matplotlib.pyplot as plt
 
     data = curves(rows, metric)
-    n = max(1, len(data))
-    fig, axes = plt.subplots(1, n, figsize=(5 * n, 3.6), squeeze=False)
-    for ax, (run, series) in zip(axes[0], sorted(data.items())):
-        for label, (steps, values) in sorted(series.items()):
+    runs = sorted(data, key=lambda r: (order.index(r) if order and r in order else len(order or ()), r))
+    ncols = max(1, min(ncols, len(runs)))
+    nrows = max(1, -(-len(runs) // ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.4 * nrows), squeeze=False)
+    flat = [ax for row in axes for ax in row]
+    for ax, run in zip(flat, runs):
+        for label, (steps, values) in sorted(data[run].items()):
             ax.plot(steps, values, marker="." if len(steps) < 30 else None, label=label)
         ax.set_title(run)
         ax.set_xlabel("step")
@@ -95,8 +99,10 @@ def plot_loss_curves(rows: list[dict[str, Any]], metric: str = "loss", logy: boo
             ax.set_yscale("log")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
+    for ax in flat[len(runs):]:
+        ax.axis("off")
     if not data:
-        axes[0][0].text(0.5, 0.5, f"no */{metric} scalars", ha="center", va="center")
+        flat[0].text(0.5, 0.5, f"no */{metric} scalars", ha="center", va="center")
     fig.tight_layout()
     return fig
 
