@@ -22,6 +22,11 @@ from elo_lightning.io import write_json_atomic
 METHODS = ("elo", "lora", "fft", "freeze")
 
 
+def default_lora_rank(hidden_size: int) -> int:
+    """The paper-like rank 64 at hidden 4096, scaled with the width so a scaled-down model keeps LoRA's FLOP share."""
+    return max(1, round(64 * hidden_size / 4096))
+
+
 def _module(method: str, arch: str, layers: str, lora_rank: int, gradient_checkpointing: bool, tokenizer: str):
     from elo_lightning.modules import AlignmentModule, DetachedLayerModule, FreezeTuningModule, LoRAModule
     from elo_lightning.optim import OptimizerConfig
@@ -109,6 +114,31 @@ def _run_worker(method: str, out: Path, batch_size: int, args: dict) -> dict | N
     return json.loads((out / "result.json").read_text())
 
 
+def _fits(res: dict | None, budget_gb: float | None) -> bool:
+    if res is None or res.get("oom"):
+        return False
+    return budget_gb is None or (res.get("peak_mem_gb") or 0.0) <= budget_gb
+
+
+def _search_batch(method: str, out: Path, first: dict, args: dict, max_batch_size: int, budget_gb: float | None) -> dict:
+    """Double the micro-batch from the equal-batch run while it fits; keep the fitting one with the best tokens/s."""
+    trials = [first]
+    while _fits(trials[-1], budget_gb) and 2 * trials[-1]["batch_size"] <= max_batch_size:
+        b = 2 * trials[-1]["batch_size"]
+        trial = _run_worker(method, out / f"{method}-b{b}", b, args)
+        trials.append(trial if trial is not None else {"batch_size": b, "tokens_per_s": None, "peak_mem_gb": None, "oom": True})
+        print(f"[bench] {method}: batch {b}: " + ("out of memory" if trial is None else
+              f"{trial['tokens_per_s']:.0f} tokens/s, peak {trial['peak_mem_gb']:.2f} GB"), flush=True)
+    fitting = [t for t in trials if _fits(t, budget_gb)]
+    best = max(fitting, key=lambda t: t["tokens_per_s"]) if fitting else None
+    log = [{"batch_size": t["batch_size"], "tokens_per_s": t["tokens_per_s"], "peak_mem_gb": t["peak_mem_gb"],
+            "fits": _fits(t, budget_gb)} for t in trials]
+    if best is None:
+        return {"batch_size": None, "tokens_per_s": None, "peak_mem_gb": None, "trials": log}
+    return {"batch_size": best["batch_size"], "tokens_per_s": best["tokens_per_s"], "peak_mem_gb": best["peak_mem_gb"],
+            "trials": log}
+
+
 def bench(
     arch: str = "configs/models/llama-3.1-8b-scaled.json",
     output: str = "results/bench",
@@ -124,6 +154,7 @@ def bench(
     lora_rank: int | None = None,
     best_batch: bool = False,
     max_batch_size: int = 64,
+    memory_budget_gb: float | None = None,
 ) -> dict:
     """Time ELO, LoRA, FFT and freeze-tuning on one architecture; write results.json, speedup.png and speedup.md.
 
@@ -144,6 +175,9 @@ def bench(
         best_batch: also search, per method, the micro-batch (doubling up to max_batch_size, until out of memory)
             with the highest tokens/s.
         max_batch_size: upper bound of that search.
+        memory_budget_gb: a micro-batch fits when it does not run out of memory and its peak memory (CUDA peak
+            allocated; peak RSS of the process on CPU, where nothing runs out of memory before the machine swaps)
+            stays within this budget. None: only out-of-memory errors bound the search.
     """
     from transformers import __version__ as tf_version
 
@@ -158,7 +192,7 @@ def bench(
         raise ELOError(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
     config = load_config(arch)
     lam = parse_layers(layers, config.num_hidden_layers)
-    lora_rank = lora_rank or max(1, round(64 * config.hidden_size / 4096))
+    lora_rank = lora_rank or default_lora_rank(config.hidden_size)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     args = dict(arch=arch, layers=layers, seq_len=seq_len, steps=steps, warmup=warmup, precision=precision,
@@ -170,17 +204,7 @@ def bench(
         if res is None:
             print(f"[bench] {method}: out of memory at batch {batch_size}", flush=True)
             continue
-        res["best_batch"] = None
-        if best_batch:
-            best, b = {"batch_size": batch_size, "tokens_per_s": res["tokens_per_s"]}, batch_size * 2
-            while b <= max_batch_size:
-                trial = _run_worker(method, out / f"{method}-b{b}", b, args)
-                if trial is None:
-                    break
-                if trial["tokens_per_s"] > best["tokens_per_s"]:
-                    best = {"batch_size": b, "tokens_per_s": trial["tokens_per_s"]}
-                b *= 2
-            res["best_batch"] = best
+        res["best_batch"] = _search_batch(method, out, res, args, max_batch_size, memory_budget_gb) if best_batch else None
         results[method] = res
         print(f"[bench] {method}: {res['tokens_per_s']:.0f} tokens/s, step {res['step_time_s']:.3f}s", flush=True)
     device = next((r.get("device_name") for r in results.values() if r.get("device_name")), platform.processor())
@@ -197,6 +221,89 @@ def bench(
             m: analytic_train_flops_per_token(config, m, lam, seq_len=seq_len, lora_rank=lora_rank) for m in METHODS
         },
     }
+    if best_batch:
+        report["memory_budget_gb"] = memory_budget_gb
+    write_json_atomic(out / "results.json", report)
+    make_figure(out / "results.json", out)
+    if best_batch:
+        make_figure(out / "results.json", out / "best-batch", best_batch=True)
+    _print_ratios(report)
+    return report
+
+
+def from_runs(
+    runs: dict[str, str],
+    arch: str,
+    output: str = "results/runs",
+    layers: str = "1,-1",
+    lora_rank: int | None = None,
+) -> dict:
+    """``results.json`` and the speedup figure from the ``ThroughputLogger`` summaries of ordinary ``elo fit`` runs.
+
+    The multi-GPU benchmark: train each method with its config (e.g. ``configs/8xh100/{elo,lora,fft}.yaml`` with
+    ``--trainer.max_steps 300``), then point this at the runs' log directories. Tokens/s are global, so every run
+    must have the same world size and sequence length (inferred from tokens/s over samples/s).
+
+    Args:
+        runs: ``{method: directory holding summary.json}``; methods from elo, lora, fft, freeze, align (the
+            alignment run of the re-attached model; FFT's throughput stands in for it when absent).
+        arch: the architecture config the runs trained (for the analytic FLOP ratios).
+        output: results directory.
+        layers: λ of the ELO and freeze runs, 1-based.
+        lora_rank: rank of the LoRA run (default: as in ``elo bench``, 64 at hidden 4096).
+    """
+    from elo_lightning.figure import make_figure
+    from elo_lightning.flops import analytic_train_flops_per_token
+    from elo_lightning.models import load_config
+    from elo_lightning.surgery import parse_layers
+
+    unknown = set(runs) - set(METHODS) - {"align"}
+    if unknown or "elo" not in runs:
+        raise ELOError(f"runs needs 'elo' and methods from {', '.join(METHODS)}, align; got {sorted(runs)}")
+    summaries = {}
+    for method, run_dir in runs.items():
+        path = Path(run_dir) / "summary.json"
+        if not path.is_file():
+            raise ELOError(f"{method}: no {path} (the ThroughputLogger writes it when training ends)")
+        summaries[method] = json.loads(path.read_text())
+        if not summaries[method].get("tokens_per_s"):
+            raise ELOError(f"{method}: {path} has no measured steps (more max_steps than warmup_steps?)")
+    shapes = {m: (s["world_size"], round(s["tokens_per_s"] / s["samples_per_s"])) for m, s in summaries.items()}
+    if len(set(shapes.values())) != 1:
+        raise ELOError(f"runs differ in (world size, seq_len): {shapes}; tokens/s are only comparable at equal ones")
+    world_size, seq_len = next(iter(shapes.values()))
+    config = load_config(arch)
+    lam = parse_layers(layers, config.num_hidden_layers)
+    lora_rank = lora_rank or default_lora_rank(config.hidden_size)
+    methods = {
+        m: {
+            "tokens_per_s": s["tokens_per_s"],
+            "step_time_s": s["step_time_s"],
+            "flops_per_token": s["flops_per_step"] / s["tokens_per_step"] if s.get("flops_per_step") else None,
+            "mfu": s.get("mfu"),
+            "peak_mem_gb": s.get("peak_mem_gb"),
+            "trainable_params": s.get("trainable_params"),
+            "computed_params": s.get("total_params"),
+            "batch_size": round(s["tokens_per_step"] / (seq_len * world_size)),
+            "device_name": s.get("device_name"),
+            "best_batch": None,
+            "run": str(runs[m]),
+        }
+        for m, s in summaries.items()
+    }
+    report = {
+        "arch": Path(arch).stem,
+        "device": f"{world_size}x {methods['elo']['device_name'] or 'unknown'}",
+        "world_size": world_size,
+        "seq_len": seq_len,
+        "layers": layers,
+        "precision": summaries["elo"].get("dtype"),
+        "methods": methods,
+        "analytic_flops_per_token": {
+            m: analytic_train_flops_per_token(config, m, lam, seq_len=seq_len, lora_rank=lora_rank) for m in METHODS
+        },
+    }
+    out = Path(output)
     write_json_atomic(out / "results.json", report)
     make_figure(out / "results.json", out)
     _print_ratios(report)

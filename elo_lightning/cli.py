@@ -205,11 +205,11 @@ def _maybe_tokenizer(path: str):
 
 
 def _tool_commands() -> dict:
+    from elo_lightning import bench, figure
+    from elo_lightning.evaluation import judge
     from elo_lightning.pipeline import pipeline
 
-    from elo_lightning.evaluation import judge
-
-    commands = {
+    return {
         "detach": detach_cmd,
         "attach": attach_cmd,
         "init": init_cmd,
@@ -218,14 +218,10 @@ def _tool_commands() -> dict:
         "eval": eval_cmd,
         "consolidate": consolidate_cmd,
         "judge": {"generate": judge.generate_answers, "score": judge.judge_answers},
+        "bench": bench.bench,
+        "bench-from-runs": bench.from_runs,
+        "figure": figure.figure_cmd,
     }
-    try:
-        from elo_lightning import bench, figure
-
-        commands.update({"bench": bench.bench, "figure": figure.figure_cmd})
-    except (ImportError, AttributeError):
-        pass
-    return commands
 
 
 def main(argv: list[str] | None = None) -> None:

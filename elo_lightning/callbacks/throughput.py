@@ -27,7 +27,8 @@ Lightning's :class:`~lightning.fabric.utilities.throughput.Throughput` under ``t
     {"steps_measured", "warmup_steps", "world_size", "device", "device_name", "dtype",
      "tokens_per_s"  (total tokens / total time over measured steps, global),
      "samples_per_s", "step_time_s" (mean), "step_time_s_median", "tokens_per_step",
-     "flops_per_step", "tflops_per_s" (total / total), "mfu" (or null), "peak_mem_gb" (max), "peak_flops_per_device"}
+     "flops_per_step", "tflops_per_s" (total / total), "mfu" (or null), "peak_mem_gb" (max), "peak_flops_per_device",
+     "trainable_params", "total_params" (of the LightningModule; DTensor shards count with their global size)}
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ from typing import Any, Callable
 import torch
 from lightning.fabric.utilities.throughput import Throughput, get_available_flops
 from lightning.pytorch.callbacks import Callback
+
+from elo_lightning.flops import count_parameters
+from elo_lightning.io import write_json_atomic
 
 __all__ = ["ThroughputLogger"]
 
@@ -297,8 +301,10 @@ class ThroughputLogger(Callback):
             "mfu": tflops * 1e12 / (self._peak * self._world) if (tflops is not None and self._peak) else None,
             "peak_mem_gb": max(mems) if mems else None,
             "peak_flops_per_device": self._peak,
+            **({f"{k}_params": v for k, v in count_parameters(pl_module).items()}
+               if isinstance(pl_module, torch.nn.Module) else {}),
         }
         if getattr(trainer, "is_global_zero", True):
             out = self._out_dir(trainer)
             out.mkdir(parents=True, exist_ok=True)
-            (out / "summary.json").write_text(json.dumps(self.summary, indent=2) + "\n")
+            write_json_atomic(out / "summary.json", self.summary)
