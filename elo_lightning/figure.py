@@ -161,7 +161,9 @@ def markdown_tables(res: dict[str, Any], rows: list[dict[str, Any]], best_batch:
         "",
         f"GB->tokens: {TOKENS_PER_GB:.3e} tokens/GB (estimate: {BYTES_PER_TOKEN} bytes/token, Korean text, Llama-3 "
         f"tokenizer; see `elo_lightning.figure.BYTES_PER_TOKEN`). Throughput used: "
-        + ("best batch size per method." if best_batch else "the common benchmark batch size."),
+        + ("best batch size per method." if best_batch else "the common benchmark batch size.")
+        + (f" Best batch: the fastest micro-batch whose peak memory stays within {res['memory_budget_gb']} GB."
+           if res.get("memory_budget_gb") else ""),
         "",
         "## Measured throughput",
         "",
