@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "dist_scripts"))
 
-from worker import RandomTokens, make_module  # noqa: E402
+from worker import make_module, stage_data  # noqa: E402
 
 from elo_lightning.checkpoint import (  # noqa: E402
     MARKER,
@@ -37,7 +37,7 @@ from elo_lightning.errors import ELOError  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["elo", "fft", "lora", "freeze"]
+STAGES = ["elo", "fft", "lora", "freeze", "sft"]
 TRAIN = [f"train:{s}" for s in STAGES]
 
 
@@ -114,7 +114,7 @@ def reference(assets) -> dict:
 
         t = L.Trainer(max_steps=3, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, callbacks=[Rec()])
-        t.fit(make_module(stage, assets[source]), train_dataloaders=DataLoader(RandomTokens(), batch_size=4))
+        t.fit(make_module(stage, assets[source]), train_dataloaders=DataLoader(stage_data(stage), batch_size=4))
         out[stage if source == "source" else f"{stage}@{source}"] = losses
     return out
 

@@ -29,14 +29,22 @@ def tiny_model(family: str, seed: int = 0) -> torch.nn.Module:
 
 
 class RandomTokens(Dataset):
-    """Fixed random token rows (labels = inputs): enough to train a tiny model a few steps."""
+    """Fixed random token rows (labels = inputs): enough to train a tiny model a few steps.
 
-    def __init__(self, n=16, seq_len=16, vocab=512, seed=0):
+    ``masked``: SFT-like rows whose first (5 * i) % (seq_len - 3) labels are -100 (a "prompt"), so rows, and the
+    ranks holding them, differ in how many tokens carry loss.
+    """
+
+    def __init__(self, n=16, seq_len=16, vocab=512, seed=0, masked=False):
         g = torch.Generator().manual_seed(seed)
         self.x = torch.randint(0, vocab, (n, seq_len), generator=g)
+        self.labels = self.x.clone()
+        if masked:
+            for i in range(n):
+                self.labels[i, : (5 * i) % (seq_len - 3)] = -100
 
     def __len__(self):
         return len(self.x)
 
     def __getitem__(self, i):
-        return {"input_ids": self.x[i], "labels": self.x[i]}
+        return {"input_ids": self.x[i], "labels": self.labels[i]}

@@ -111,7 +111,21 @@ class CausalLMModule(L.LightningModule):
 
     # -- steps ------------------------------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.model(**{k: batch[k] for k in HF_BATCH_KEYS if k in batch}).loss
+        inputs = {k: batch[k] for k in HF_BATCH_KEYS if k in batch}
+        if self.training and "labels" in batch and self._trainer is not None and self.trainer.world_size > 1:
+            inputs["num_items_in_batch"] = self._loss_tokens_per_rank(batch["labels"])
+        return self.model(**inputs).loss
+
+    def _loss_tokens_per_rank(self, labels: torch.Tensor) -> torch.Tensor:
+        """Loss tokens of the global batch / world size, the denominator of each rank's summed loss.
+
+        DDP and FSDP average gradients over ranks, so with it the update is the token mean over the global batch,
+        as in one process. A per-rank mean would weight a rank whose rows have few loss tokens (SFT: long
+        prompts masked with -100) as much as one with many. The label shift is HF's: position t predicts t + 1.
+        """
+        count = (labels[..., 1:] != -100).sum().to(torch.float32)
+        total = self.trainer.strategy.reduce(count, reduce_op="sum")
+        return (total / self.trainer.world_size).clamp(min=1.0)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self.hparams.measure_flops and self.flops_per_batch is None:

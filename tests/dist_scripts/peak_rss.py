@@ -3,6 +3,8 @@
     python -m torch.distributed.run --nproc_per_node 2 tests/dist_scripts/peak_rss.py MODEL.json OUT.json fsdp2
     python tests/dist_scripts/peak_rss.py MODEL.json OUT.json single
 Each stage runs in a fresh process (ru_maxrss only grows): pass STAGE as the 4th argument.
+Besides the process' peak RSS (imports dominate it on a small model) it records the bytes of parameters and
+optimizer state this rank holds (local shards of DTensors): the part sharding divides.
 """
 
 from __future__ import annotations
@@ -24,6 +26,15 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def local_mb(tensors) -> float:
+    """Bytes this rank holds for the tensors (a DTensor counts its local shard only)."""
+    total = 0
+    for t in tensors:
+        t = t.to_local() if hasattr(t, "to_local") else t
+        total += t.numel() * t.element_size()
+    return round(total / 2**20, 1)
+
+
 def main() -> None:
     model, out, kind, stage = sys.argv[1:5]
     base = rss_mb()
@@ -40,8 +51,11 @@ def main() -> None:
         t = trainer(kind, 3)
     t.fit(module, train_dataloaders=data)
     n = sum(p.numel() for p in module.model.parameters())
+    opt = t.optimizers[0].optimizer if hasattr(t.optimizers[0], "optimizer") else t.optimizers[0]
+    state = [v for st in opt.state.values() for v in st.values() if torch.is_tensor(v) and v.dim() > 0]
     res = {"stage": stage, "kind": kind, "rank": rank, "world": ws, "peak_rss_mb": round(rss_mb(), 1),
-           "after_imports_mb": round(base, 1), "local_params": n}
+           "after_imports_mb": round(base, 1), "local_params": n,
+           "params_mb": local_mb(module.model.parameters()), "optimizer_state_mb": local_mb(state)}
     with open(out, "a") as f:
         f.write(json.dumps(res) + "\n")
 

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from elo_lightning.checkpoint import AtomicCheckpointIO, AtomicModelParallelStrategy, is_complete, latest_checkpoint  # noqa: E402
 from elo_lightning.errors import ELOError  # noqa: E402
-from elo_lightning.modules import AlignmentModule, DetachedLayerModule, FreezeTuningModule, LoRAModule  # noqa: E402
+from elo_lightning.modules import AlignmentModule, DetachedLayerModule, FreezeTuningModule, LoRAModule, SFTModule  # noqa: E402
 from elo_lightning.optim import OptimizerConfig  # noqa: E402
 from elo_lightning.sharding import ShardingConfig  # noqa: E402
 from tiny_models import RandomTokens  # noqa: E402
@@ -52,7 +52,14 @@ def make_module(stage: str, source: str, optimizer: str = "adamw", detached: str
         return LoRAModule(model=source, r=4, alpha=8, dropout=0.0, **common)
     if stage == "freeze":
         return FreezeTuningModule(model=source, layers="2,5", **common)
+    if stage == "sft":
+        return SFTModule(model=source, **common)
     raise ValueError(stage)
+
+
+def stage_data(stage: str, n: int = 16, **kw) -> RandomTokens:
+    """SFT trains on rows whose prompt tokens are masked out of the loss (a different count on every row)."""
+    return RandomTokens(n=n, masked=stage == "sft", **kw)
 
 
 class Record(Callback):
@@ -129,7 +136,7 @@ def sc_train(spec, kind, stage, source="source") -> dict:
     rec = Record()
     t = trainer(kind, 3, [rec], use_distributed_sampler=False)
     rank, _ = world()  # rank r reads samples r, r+ws, ...: step k's global batch = samples 4k..4k+3 as in 1 process
-    data = torch.utils.data.Subset(RandomTokens(n=24), list(range(rank, 24, ws)))
+    data = torch.utils.data.Subset(stage_data(stage, n=24), list(range(rank, 24, ws)))
     t.fit(module, train_dataloaders=DataLoader(data, batch_size=spec["global_batch"] // ws))
     after = full_state(module.model)
     ref = make_module(stage, spec[source]).build_model()
