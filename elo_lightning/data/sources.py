@@ -187,18 +187,29 @@ def check_shard(path: str, text_field: str, lang: str) -> None:
 
 def iter_hub_records(spec: HubSpec, text_field: str, rank: int, world_size: int, skip: int = 0,
                      epoch: int = 0) -> Iterator[tuple[int, int, str]]:
-    """Stream a hub dataset split for one global stream (``split_dataset_by_node``), skipping ``skip``
-    examples (exact resume by example count). Needs network access."""
+    """Stream a hub dataset split for one global stream (``split_dataset_by_node``), from this stream's example
+    ``skip`` on (exact resume by example count). Needs network access."""
     from datasets import load_dataset
     from datasets.distributed import split_dataset_by_node
 
     ds = load_dataset(spec.path, spec.config, split=spec.split, streaming=True)
     ds = split_dataset_by_node(ds, rank=rank, world_size=world_size)
     ds.set_epoch(epoch)
-    for i, ex in enumerate(ds.skip(skip) if skip else ds, start=skip):
-        if text_field not in ex or not isinstance(ex[text_field], str):
+    # .iter(), not iter(ds): inside a DataLoader worker IterableDataset.__iter__ splits the shards again over the
+    # workers, but this stream (rank x worker) is already the split above: that would silently drop examples.
+    # No ds.skip(): datasets applies it to the whole split *before* the per-node split, so resume reads past the
+    # first ``skip`` examples of this stream instead (exact; it costs re-streaming them).
+    i = 0
+    for batch in ds.iter(batch_size=64):
+        texts = batch.get(text_field)
+        if texts is None:
             raise ELOError(f"{spec}: example {i} lacks the string text field {text_field!r}")
-        yield i, i + 1, ex[text_field]
+        for text in texts:
+            if i >= skip:
+                if not isinstance(text, str):
+                    raise ELOError(f"{spec}: example {i} lacks the string text field {text_field!r}")
+                yield i, i + 1, text
+            i += 1
 
 
 def check_hub(spec: HubSpec, text_field: str, lang: str) -> None:
