@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import lightning as L  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
@@ -42,18 +43,23 @@ def main() -> None:
     module = make_module(stage, model)
     vocab = json.loads(Path(model).read_text())["vocab_size"] if model.endswith(".json") else 512
     data = DataLoader(RandomTokens(n=16, seq_len=64, vocab=vocab), batch_size=4 // ws)
-    if kind == "single":
-        import lightning as L
+    loaded = {}
 
+    class AfterLoad(L.Callback):  # ru_maxrss at train start: the peak of building/loading/sharding the model
+        def on_train_start(self, trainer, pl_module):
+            loaded["mb"] = round(rss_mb(), 1)
+
+    if kind == "single":
         t = L.Trainer(max_steps=3, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False)
+                      enable_progress_bar=False, enable_model_summary=False, callbacks=[AfterLoad()])
     else:
-        t = trainer(kind, 3)
+        t = trainer(kind, 3, [AfterLoad()])
     t.fit(module, train_dataloaders=data)
     n = sum(p.numel() for p in module.model.parameters())
     opt = t.optimizers[0].optimizer if hasattr(t.optimizers[0], "optimizer") else t.optimizers[0]
     state = [v for st in opt.state.values() for v in st.values() if torch.is_tensor(v) and v.dim() > 0]
     res = {"stage": stage, "kind": kind, "rank": rank, "world": ws, "peak_rss_mb": round(rss_mb(), 1),
+           "peak_rss_through_load_mb": loaded["mb"],
            "after_imports_mb": round(base, 1), "local_params": n,
            "params_mb": local_mb(module.model.parameters()), "optimizer_state_mb": local_mb(state)}
     with open(out, "a") as f:
