@@ -92,7 +92,10 @@ def assets(tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def fsdp2(assets) -> dict:
     return _launch(assets, "fsdp2", [*TRAIN, "train:fft@source_tied", "attach", "resume",
-                                     {"name": "resume8bit", "args": {"optimizer": "adamw8bit", "crash": False}}])
+                                     {"name": "resume8bit", "args": {"optimizer": "adamw8bit", "crash": False}},
+                                     {"name": "train:fft#bf16",
+                                      "args": {"sharding": {"param_dtype": "bfloat16", "reduce_dtype": "float32"}}},
+                                     {"name": "train:fft#offload", "args": {"sharding": {"cpu_offload": True}}}])
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +138,18 @@ def test_fsdp2_matches_single_process(fsdp2, reference, stage):
     assert r["trainable_moved"], "a trainable parameter did not move (e.g. λ's first layer behind a frozen embedding)"
     if stage == "fft@source_tied":
         assert r["tied"], "the tied LM head lost its tie through sharding"
+
+
+def test_fsdp2_bf16_compute_keeps_fp32_master_weights_and_cpu_offload_trains(fsdp2, reference):
+    """The 8xH100 configs' policy (bf16 parameters in compute, fp32 reduction) and CPUOffloadPolicy, on gloo."""
+    bf16 = _ok(fsdp2["train:fft#bf16"])
+    assert bf16["param_dtypes"] == ["torch.float32"], "sharded (master) parameters must stay fp32"
+    assert bf16["losses"] == pytest.approx(reference["fft"], rel=1e-2)
+    assert bf16["losses"] != pytest.approx(reference["fft"], rel=1e-7, abs=0), "bf16 compute had no effect"
+    assert bf16["trainable_moved"]
+    offload = _ok(fsdp2["train:fft#offload"])
+    assert offload["losses"] == pytest.approx(reference["fft"], rel=1e-4, abs=1e-5)
+    assert offload["param_devices"] == ["cpu"] and offload["trainable_moved"]
 
 
 @pytest.mark.parametrize("stage", STAGES)

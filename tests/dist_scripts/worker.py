@@ -40,10 +40,11 @@ LR = 1e-3
 
 
 def make_module(stage: str, source: str, optimizer: str = "adamw", detached: str | None = None,
-                activation_checkpointing: bool = True, **kw):
+                activation_checkpointing: bool = True, sharding: dict | None = None, **kw):
+    sharding = {"param_dtype": None, "reduce_dtype": None, "rank0_load": os.environ.get("ELO_RANK0_LOAD", "1") == "1",
+                "activation_checkpointing": activation_checkpointing, **(sharding or {})}
     common = dict(optimizer=OptimizerConfig(name=optimizer, lr=LR), measure_flops=False,
-                  sharding=ShardingConfig(param_dtype=None, reduce_dtype=None, rank0_load=os.environ.get("ELO_RANK0_LOAD", "1") == "1",
-                                          activation_checkpointing=activation_checkpointing), **kw)
+                  sharding=ShardingConfig(**sharding), **kw)
     if stage == "elo":
         return DetachedLayerModule(model=source, layers="1,-1", **common)
     if stage in ("fft", "align"):
@@ -129,10 +130,10 @@ def global_batches(values: list[str]) -> list[list[str]]:
 
 # -- scenarios ------------------------------------------------------------------------------------------------
 
-def sc_train(spec, kind, stage, source="source") -> dict:
+def sc_train(spec, kind, stage, source="source", sharding: dict | None = None) -> dict:
     """3 steps on random tokens (micro-batch 2 per rank); frozen parameters bit-identical, every trainable one moved."""
     _, ws = world()
-    module = make_module(stage, spec[source])
+    module = make_module(stage, spec[source], sharding=sharding)
     rec = Record()
     t = trainer(kind, 3, [rec], use_distributed_sampler=False)
     rank, _ = world()  # rank r reads samples r, r+ws, ...: step k's global batch = samples 4k..4k+3 as in 1 process
@@ -149,7 +150,9 @@ def sc_train(spec, kind, stage, source="source") -> dict:
     trainable_moved = rank != 0 or all(not torch.equal(after[k], before[k]) for k in before if k not in frozen)
     return {"losses": mean_over_ranks(rec.losses), "frozen_equal": frozen_equal, "n_frozen": len(frozen),
             "trainable_moved": trainable_moved, "tied": tied,
-            "sharded": any(type(p).__name__ == "DTensor" for p in module.model.parameters())}
+            "sharded": any(type(p).__name__ == "DTensor" for p in module.model.parameters()),
+            "param_dtypes": sorted({str(p.dtype) for p in module.model.parameters()}),
+            "param_devices": sorted({p.device.type for p in module.model.parameters()})}
 
 
 def sc_attach(spec, kind) -> dict:
@@ -281,8 +284,8 @@ def main() -> None:
         args = {} if isinstance(sc, str) else sc.get("args", {})
         try:
             if name.startswith("train:"):
-                stage, _, source = name.split(":", 1)[1].partition("@")
-                results[name] = sc_train(spec, kind, stage, source or "source")
+                stage, _, source = name.split(":", 1)[1].split("#")[0].partition("@")  # train:STAGE[@SRC][#TAG]
+                results[name] = sc_train(spec, kind, stage, source or "source", **args)
             elif name == "attach":
                 results[name] = sc_attach(spec, kind)
             elif name.startswith("resume"):
