@@ -46,6 +46,7 @@ from typing import Any, Callable
 
 import torch
 from lightning.fabric.utilities.throughput import Throughput, get_available_flops
+from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import Callback
 
 from elo_lightning.flops import count_parameters
@@ -90,6 +91,7 @@ class ThroughputLogger(Callback):
             tensor batch or a tuple/list whose first element is a tensor also works.
         window_size: optimizer steps in the rolling window of Lightning's ``Throughput``.
         peak_flops_per_device: override the theoretical peak (FLOP/s of one device) used for MFU.
+        progress_bar: show the global tokens/s of the last step (and MFU when known) in the progress bar.
         clock: time source (seconds); injectable for tests.
     """
 
@@ -100,6 +102,7 @@ class ThroughputLogger(Callback):
         batch_key: str = "input_ids",
         window_size: int = 10,
         peak_flops_per_device: float | None = None,
+        progress_bar: bool = True,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         super().__init__()
@@ -110,6 +113,7 @@ class ThroughputLogger(Callback):
         self.batch_key = batch_key
         self.window_size = max(1, int(window_size))
         self.peak_flops_per_device = peak_flops_per_device
+        self.progress_bar = progress_bar
         self.clock = clock
         self.records: list[dict[str, Any]] = []
         self.summary: dict[str, Any] | None = None
@@ -251,6 +255,10 @@ class ThroughputLogger(Callback):
             flops=int(step_flops_rank) if step_flops_rank is not None else None,
         )
         window = self._throughput.compute()
+        if self.progress_bar and isinstance(pl_module, LightningModule):
+            pl_module.log("tok/s", rec["tokens_per_s"], prog_bar=True, logger=False)
+            if rec["mfu"] is not None:
+                pl_module.log("mfu", rec["mfu"], prog_bar=True, logger=False)
 
         if not getattr(trainer, "is_global_zero", True):
             return
