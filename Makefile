@@ -26,7 +26,7 @@ test: setup
 
 ## Throughput of ELO, LoRA, FFT and freeze-tuning on one architecture; writes results/bench/results.json + figure.
 bench: setup
-	$(BIN)/elo bench --output results/bench
+	$(BIN)/elo bench --output results/bench --best_batch true --max_batch_size 8 --memory_budget_gb 6
 
 clean:
 	rm -rf runs results lightning_logs
