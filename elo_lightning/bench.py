@@ -181,18 +181,11 @@ def bench(
     """
     from transformers import __version__ as tf_version
 
-    from elo_lightning.figure import make_figure
-    from elo_lightning.flops import analytic_train_flops_per_token
-    from elo_lightning.models import load_config
-    from elo_lightning.surgery import parse_layers
-
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
     unknown = set(chosen) - set(METHODS)
     if unknown:
         raise ELOError(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
-    config = load_config(arch)
-    lam = parse_layers(layers, config.num_hidden_layers)
-    lora_rank = lora_rank or default_lora_rank(config.hidden_size)
+    config, lam, lora_rank = _shape(arch, layers, lora_rank)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     args = dict(arch=arch, layers=layers, seq_len=seq_len, steps=steps, warmup=warmup, precision=precision,
@@ -217,18 +210,10 @@ def bench(
         "precision": precision,
         "versions": {"torch": torch.__version__, "transformers": tf_version, "python": platform.python_version()},
         "methods": results,
-        "analytic_flops_per_token": {
-            m: analytic_train_flops_per_token(config, m, lam, seq_len=seq_len, lora_rank=lora_rank) for m in METHODS
-        },
     }
     if best_batch:
         report["memory_budget_gb"] = memory_budget_gb
-    write_json_atomic(out / "results.json", report)
-    make_figure(out / "results.json", out)
-    if best_batch:
-        make_figure(out / "results.json", out / "best-batch", best_batch=True)
-    _print_ratios(report)
-    return report
+    return _finish(report, out, config, lam, lora_rank, best_batch)
 
 
 def from_runs(
@@ -252,11 +237,6 @@ def from_runs(
         layers: λ of the ELO and freeze runs, 1-based.
         lora_rank: rank of the LoRA run (default: as in ``elo bench``, 64 at hidden 4096).
     """
-    from elo_lightning.figure import make_figure
-    from elo_lightning.flops import analytic_train_flops_per_token
-    from elo_lightning.models import load_config
-    from elo_lightning.surgery import parse_layers
-
     unknown = set(runs) - set(METHODS) - {"align"}
     if unknown or "elo" not in runs:
         raise ELOError(f"runs needs 'elo' and methods from {', '.join(METHODS)}, align; got {sorted(runs)}")
@@ -272,9 +252,7 @@ def from_runs(
     if len(set(shapes.values())) != 1:
         raise ELOError(f"runs differ in (world size, seq_len): {shapes}; tokens/s are only comparable at equal ones")
     world_size, seq_len = next(iter(shapes.values()))
-    config = load_config(arch)
-    lam = parse_layers(layers, config.num_hidden_layers)
-    lora_rank = lora_rank or default_lora_rank(config.hidden_size)
+    config, lam, lora_rank = _shape(arch, layers, lora_rank)
     methods = {
         m: {
             "tokens_per_s": s["tokens_per_s"],
@@ -299,13 +277,32 @@ def from_runs(
         "layers": layers,
         "precision": summaries["elo"].get("dtype"),
         "methods": methods,
-        "analytic_flops_per_token": {
-            m: analytic_train_flops_per_token(config, m, lam, seq_len=seq_len, lora_rank=lora_rank) for m in METHODS
-        },
     }
-    out = Path(output)
+    return _finish(report, Path(output), config, lam, lora_rank)
+
+
+def _shape(arch: str, layers: str, lora_rank: int | None):
+    """(architecture config, λ, LoRA rank) of a benchmark: what the analytic FLOP ratios need."""
+    from elo_lightning.models import load_config
+    from elo_lightning.surgery import parse_layers
+
+    config = load_config(arch)
+    return config, parse_layers(layers, config.num_hidden_layers), lora_rank or default_lora_rank(config.hidden_size)
+
+
+def _finish(report: dict, out: Path, config, lam, lora_rank: int, best_batch: bool = False) -> dict:
+    """Add the analytic FLOPs per token, write results.json, draw the figure(s), print the ratios."""
+    from elo_lightning.figure import make_figure
+    from elo_lightning.flops import analytic_train_flops_per_token
+
+    report["analytic_flops_per_token"] = {
+        m: analytic_train_flops_per_token(config, m, lam, seq_len=report["seq_len"], lora_rank=lora_rank)
+        for m in METHODS
+    }
     write_json_atomic(out / "results.json", report)
     make_figure(out / "results.json", out)
+    if best_batch:
+        make_figure(out / "results.json", out / "best-batch", best_batch=True)
     _print_ratios(report)
     return report
 
