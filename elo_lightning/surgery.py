@@ -22,7 +22,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from elo_lightning.errors import ELOError
-from elo_lightning.io import atomic_dir, write_json_atomic
+from elo_lightning.io import PathMap, atomic_dir, write_json_atomic
 from elo_lightning.models import check_architecture, decoder_layers
 
 MANIFEST = "elo_manifest.json"
@@ -194,9 +194,11 @@ def attach(model: PreTrainedModel, detached: PreTrainedModel, manifest: DetachMa
     return model
 
 
-def save_detached(detached: PreTrainedModel, manifest: DetachManifest, output: str | Path, tokenizer=None) -> Path:
-    """An HF directory (loadable by AutoModelForCausalLM) plus ``elo_manifest.json``; written atomically."""
-    with atomic_dir(output) as tmp:
+def save_detached(detached: PreTrainedModel, manifest: DetachManifest, output: str | Path, tokenizer=None, *,
+                  inputs: PathMap | None = None, overwrite: bool = False) -> Path:
+    """An HF directory (loadable by AutoModelForCausalLM) plus ``elo_manifest.json``; written atomically by
+    :func:`elo_lightning.io.atomic_dir` (kind ``"detached"``; ``inputs``/``overwrite`` as there)."""
+    with atomic_dir(output, "detached", inputs=inputs, overwrite=overwrite) as tmp:
         detached.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
