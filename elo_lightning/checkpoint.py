@@ -13,6 +13,9 @@
 * ``AtomicCheckpointIO`` (DDP / single device): ``torch.save`` into a temporary file in the same directory, fsync,
   ``os.replace``. Use as ``trainer.plugins``.
 * ``latest_checkpoint(dirpath)``: newest complete checkpoint (file or DCP directory), for ``ckpt_path``.
+* ``clean_checkpoint_leftovers(dirpath)``: at the start of a run, removes the ``.partial`` files/directories and
+  ``.old`` directories that killed saves left in a checkpoint folder (only these hidden names of ours; a file
+  partial of a process still alive on this host is kept). Checkpoints get ordinary permissions (0o644).
 * ``consolidate(checkpoint_dir, model_source, output_dir)``: reads the DCP shards with no process group, rebuilds
   the stage's module from the hyperparameters stored in the checkpoint, loads the exact weights and exports what
   that stage exports (ELO: detached checkpoint with ``elo_manifest.json``; LoRA: merged; others: full HF dir).
@@ -33,7 +36,12 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import ModelParallelStrategy
 
 from elo_lightning.errors import ELOError
-from elo_lightning.io import write_json_atomic
+from elo_lightning.io import (
+    is_stale,
+    ordinary_permissions,
+    temp_prefix,
+    write_json_atomic,
+)
 
 MARKER = "elo_checkpoint.json"
 
@@ -99,6 +107,30 @@ def latest_checkpoint(dirpath: str | Path) -> Path | None:
     return best
 
 
+def clean_checkpoint_leftovers(dirpath: str | Path | None) -> list[Path]:
+    """Remove what killed saves left in ``dirpath``: ``.<name>.partial`` DCP directories, ``.<name>.old``
+    directories, and ``.<name>.partial-<host>-<pid>-<rand>.partial`` files whose process is gone. Call it before the
+    run saves anything (on one rank). Returns the removed paths."""
+    dirpath = Path(dirpath) if dirpath else None
+    if dirpath is None or not dirpath.is_dir():
+        return []
+    removed = []
+    for p in sorted(dirpath.glob(".*")):
+        if p.is_symlink():
+            continue
+        if p.is_dir() and (p.name.endswith(".partial") or p.name.endswith(".old")):
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.is_file() and p.name.endswith(".partial"):
+            _, sep, rest = p.name[: -len(".partial")].rpartition(".partial-")
+            if sep and not is_stale(rest):  # without host/pid (earlier scheme): stale
+                continue
+            p.unlink(missing_ok=True)
+        else:
+            continue
+        removed.append(p)
+    return removed
+
+
 def _stage_info(module) -> dict[str, Any]:
     cls = type(module)
     return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "stage": getattr(module, "stage", None)}
@@ -147,12 +179,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError("AtomicCheckpointIO takes no storage_options")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name, "partial"), suffix=".partial", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
                 torch.save(checkpoint, f)
                 f.flush()
                 os.fsync(f.fileno())
+            ordinary_permissions(tmp)  # mkstemp makes 0o600; a checkpoint is as readable as save_pretrained's files
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -13,7 +13,12 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    PretrainedConfig,
+    PreTrainedModel,
+)
 
 from elo_lightning.errors import ELOError
 
@@ -142,7 +147,7 @@ def load_causal_lm(
     missing = list(info.get("missing_keys") or []) + [k for k, *_ in info.get("mismatched_keys") or []]
     if missing:  # from_pretrained would train these from a random init, silently
         raise ELOError(f"model {source}: weights for {len(missing)} tensors missing or of the wrong shape in its "
-                       f"checkpoint (e.g. {sorted(missing)[0]})")
+                       f"checkpoint (e.g. {min(missing)})")
     return model.to(device)
 
 

@@ -10,7 +10,14 @@ import pytest
 
 from elo_lightning import io
 from elo_lightning.errors import ELOError
-from elo_lightning.io import OUTPUT_MARKER, atomic_dir, check_output, clean_leftovers, write_json_atomic, write_output_json
+from elo_lightning.io import (
+    OUTPUT_MARKER,
+    atomic_dir,
+    check_output,
+    clean_leftovers,
+    write_json_atomic,
+    write_output_json,
+)
 
 
 def _write(output, kind="detached", text="new", **kw):
@@ -103,10 +110,9 @@ def test_symlink_file_and_device_are_refused(tmp_path):
 
 def test_failed_write_keeps_the_old_output_whole(tmp_path):
     out = _write(tmp_path / "out", text="old")
-    with pytest.raises(RuntimeError):
-        with atomic_dir(out, "detached") as tmp:
-            (tmp / "weights.bin").write_text("half")
-            raise RuntimeError("disk full")
+    with pytest.raises(RuntimeError), atomic_dir(out, "detached") as tmp:
+        (tmp / "weights.bin").write_text("half")
+        raise RuntimeError("disk full")
     assert _tree(out) == {OUTPUT_MARKER: (out / OUTPUT_MARKER).read_text(), "weights.bin": "old"}
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 

@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tiny_models import tiny_model
 
 from elo_lightning.cli import main
 from elo_lightning.errors import ELOError
 from elo_lightning.models import load_causal_lm
-from tiny_models import tiny_model
 
 ARCH = "configs/models/tiny-llama.json"
 
