@@ -36,12 +36,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import ModelParallelStrategy
 
 from elo_lightning.errors import ELOError
-from elo_lightning.io import (
-    is_stale,
-    ordinary_permissions,
-    temp_prefix,
-    write_json_atomic,
-)
+from elo_lightning.io import is_stale, ordinary_permissions, temp_prefix, write_json_atomic
 
 MARKER = "elo_checkpoint.json"
 

@@ -19,10 +19,7 @@ def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
     sharded = any(type(p).__name__ == "DTensor" for p in model.parameters())
     if not sharded:
         return None  # save_pretrained reads the model itself
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_model_state_dict,
-    )
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
