@@ -16,6 +16,7 @@ Everything is validated from metadata (configs, tensor names, shapes, dtypes) be
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import struct
 import time
@@ -28,8 +29,10 @@ import torch
 from safetensors import safe_open
 
 from elo_lightning.errors import ELOError
+from elo_lightning.io import atomic_dir, check_output, write_json_atomic
 
 VocabMismatch = Literal["skip", "slice", "error"]
+OUTPUT_KIND = "chat_vector"  # elo_lightning.io: only a chat-vector output is replaced without overwrite
 
 # Substrings that identify vocabulary-sized tensors (rows = tokens), across the supported families.
 VOCAB_TENSOR_KEYS = ("embed_tokens", "lm_head", "wte", "embed_out", "word_embeddings")
@@ -135,14 +138,27 @@ def _load_tensor(handle: Any, name: str) -> torch.Tensor:
 
 
 def parse_size(size: int | str) -> int:
-    """``"5GB"``/``"200MB"``/``"64KB"``/int bytes -> bytes (decimal units, as HF uses)."""
+    """``"5GB"``/``"200MB"``/``"64KB"``/int bytes -> bytes (decimal units, as HF uses); ``ELOError`` unless > 0."""
+    if isinstance(size, bool):
+        raise ELOError(f"max_shard_size must be a size such as 5GB or a number of bytes, got {size!r}")
     if isinstance(size, int):
-        return size
-    s = str(size).strip().upper()
-    for unit, mult in (("GIB", 2**30), ("MIB", 2**20), ("KIB", 2**10), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3), ("B", 1)):
-        if s.endswith(unit):
-            return int(float(s[: -len(unit)]) * mult)
-    return int(s)
+        value = size
+    else:
+        s = str(size).strip().upper()
+        mult = 1
+        for unit, m in (("GIB", 2**30), ("MIB", 2**20), ("KIB", 2**10), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3),
+                        ("B", 1)):
+            if s.endswith(unit):
+                s, mult = s[: -len(unit)].strip(), m
+                break
+        try:
+            number = float(s)
+        except ValueError:
+            raise ELOError(f"max_shard_size must be a size such as 5GB or a number of bytes, got {size!r}") from None
+        value = int(number * mult) if math.isfinite(number) else 0
+    if value <= 0:
+        raise ELOError(f"max_shard_size must be positive, got {size!r}")
+    return value
 
 
 def _plan_shards(specs: list[tuple[str, tuple[int, ...], torch.dtype]], max_shard_bytes: int) -> list[list[int]]:
@@ -269,7 +285,9 @@ def apply_chat_vector(
             ``"skip"`` keeps the target's tensor, ``"slice"`` adds the vector to the rows common to all three,
             ``"error"`` refuses.
         max_shard_size: maximum output shard size (bytes or ``"5GB"``-style string).
-        overwrite: allow writing into an ``output`` directory that already holds weights.
+        overwrite: replace a non-empty ``output`` that is not a previous chat-vector output. Either way the output
+            is written by ``elo_lightning.io.atomic_dir``: built beside, swapped in when complete (a failure keeps
+            the old output whole), never into or over one of the three inputs.
 
     Returns:
         ``{"added", "skipped", "sliced", "vocab_skipped", "copied_non_float", "tensors", "shards", "output"}``.
@@ -280,12 +298,14 @@ def apply_chat_vector(
     """
     if vocab_mismatch not in ("skip", "slice", "error"):
         raise ELOError(f"vocab_mismatch must be 'skip', 'slice' or 'error', got {vocab_mismatch!r}")
+    max_shard_bytes = parse_size(max_shard_size)
+    if not math.isfinite(float(ratio)):
+        raise ELOError(f"ratio must be a finite number, got {ratio!r}")
     skip = tuple(skip or ())
     out_dir = Path(output)
     sources = {"base": Path(base), "instruct": Path(instruct), "target": Path(target)}
-    for role, src in sources.items():
-        if src.exists() and out_dir.exists() and src.resolve() == out_dir.resolve():
-            raise ELOError(f"output {out_dir} is the {role} model directory; choose a new directory")
+    guard = {"inputs": {f"{role} model": src for role, src in sources.items()}, "overwrite": overwrite}
+    check_output(out_dir, OUTPUT_KIND, **guard)
 
     b, i, t = (_Checkpoint(sources[r], r) for r in ("base", "instruct", "target"))
     _check_architectures(b, i, t)
@@ -317,15 +337,31 @@ def apply_chat_vector(
             )
         plan.append((name, "vocab_skip" if vocab_mismatch == "skip" else "slice"))
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    existing = [p for p in out_dir.iterdir() if p.suffix == ".safetensors" or p.name.endswith(".safetensors.index.json")]
-    if existing and not overwrite:
-        raise ELOError(f"output {out_dir} already holds weights ({existing[0].name}); pass overwrite=True or a new dir")
-    for p in existing:
-        p.unlink()
-
     specs = [(name, t.shapes[name], t.dtypes[name]) for name, _ in plan]
-    shard_groups = _plan_shards(specs, parse_size(max_shard_size))
+    with atomic_dir(out_dir, OUTPUT_KIND, **guard) as tmp:
+        counts, n_shards, total_size = _write_weights(tmp, plan, specs, max_shard_bytes, (b, i, t), ratio)
+        copied_tok = _copy_config_and_tokenizer(t, i, tmp)
+        manifest = {
+            "stage": "chat_vector",
+            "formula": "target + ratio * (instruct - base)",
+            "sources": {role: str(p.resolve()) for role, p in sources.items()},
+            "ratio": ratio,
+            "skip": list(skip),
+            "vocab_mismatch": vocab_mismatch,
+            "counts": counts,
+            "tensors": len(plan),
+            "shards": n_shards,
+            "tokenizer_files_from_instruct": copied_tok,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        write_json_atomic(tmp / "elo_manifest.json", manifest)
+    return {**counts, "tensors": len(plan), "shards": n_shards, "total_bytes": total_size, "output": str(out_dir)}
+
+
+def _write_weights(out_dir: Path, plan: list[tuple[str, str]], specs: list, max_shard_bytes: int,
+                   checkpoints: tuple[_Checkpoint, ...], ratio: float) -> tuple[dict[str, int], int, int]:
+    """Stream the combined tensors into ``out_dir`` (shards + index); returns (counts, shards, bytes)."""
+    shard_groups = _plan_shards(specs, max_shard_bytes)
     n_shards = len(shard_groups)
     shard_names = (
         ["model.safetensors"]
@@ -336,7 +372,7 @@ def apply_chat_vector(
     weight_map: dict[str, str] = {}
     total_size = 0
     with ExitStack() as stack:
-        readers = {c.role: _Reader(c, stack) for c in (b, i, t)}
+        readers = {c.role: _Reader(c, stack) for c in checkpoints}
         for shard_name, group in zip(shard_names, shard_groups):
             writer = _StreamingShardWriter(out_dir / shard_name, [specs[k] for k in group], {"format": "pt"})
             try:
@@ -348,14 +384,19 @@ def apply_chat_vector(
                     counts[{"add": "added", "skip": "skipped", "slice": "sliced", "vocab_skip": "vocab_skipped",
                             "copy_non_float": "copied_non_float"}[action]] += 1
                     weight_map[name] = shard_name
-            finally:
-                writer.close()
+            except BaseException:
+                writer._fh.close()  # the temp folder goes with it; the original error stays the one raised
+                raise
+            writer.close()
             total_size += writer.total
     if n_shards > 1:
         index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
-        (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        write_json_atomic(out_dir / "model.safetensors.index.json", index)
+    return counts, n_shards, total_size
 
-    # Config (and generation config) of the target; tokenizer + chat template of the instruct model.
+
+def _copy_config_and_tokenizer(t: _Checkpoint, i: _Checkpoint, out_dir: Path) -> list[str]:
+    """Config (and generation config) of the target; tokenizer + chat template of the instruct model."""
     for fname in ("config.json", "generation_config.json"):
         if (t.dir / fname).is_file():
             shutil.copy2(t.dir / fname, out_dir / fname)
@@ -365,29 +406,7 @@ def apply_chat_vector(
             if f.is_file():
                 shutil.copy2(f, out_dir / f.name)
                 copied_tok.append(f.name)
-
-    summary: dict[str, Any] = {
-        **counts,
-        "tensors": len(plan),
-        "shards": n_shards,
-        "total_bytes": total_size,
-        "output": str(out_dir),
-    }
-    manifest = {
-        "stage": "chat_vector",
-        "formula": "target + ratio * (instruct - base)",
-        "sources": {role: str(p.resolve()) for role, p in sources.items()},
-        "ratio": ratio,
-        "skip": list(skip),
-        "vocab_mismatch": vocab_mismatch,
-        "counts": counts,
-        "tensors": len(plan),
-        "shards": n_shards,
-        "tokenizer_files_from_instruct": copied_tok,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    (out_dir / "elo_manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return summary
+    return copied_tok
 
 
 def _combine(name: str, action: str, readers: dict[str, _Reader], ratio: float) -> torch.Tensor:
