@@ -213,7 +213,7 @@ def _epoch_batches(dm, loader, limit=None):
 @pytest.mark.parametrize("stop", [2, 4, 5, 9])  # mid-epoch 0, end of epoch 0 (4 batches), mid-epoch 1, 2
 def test_resume_mid_epoch_equals_uninterrupted(tmp_path, stop):
     path = _write(tmp_path / "d.jsonl", _convs(14))
-    make = lambda: SFTDataModule(TOKENIZER, [path], max_length=64, batch_size=4, val_fraction=0.0)  # noqa: E731
+    make = lambda: SFTDataModule(TOKENIZER, [path], max_length=64, batch_size=4, val_fraction=0.0)
     dm = make()
     loader = dm.train_dataloader()
     reference = [b for _ in range(3) for b in _epoch_batches(dm, loader)]
@@ -247,7 +247,7 @@ def test_every_epoch_visits_every_row_once_in_its_own_order(tmp_path):
 
 
 def test_ranks_share_the_epoch_without_overlap(tmp_path, monkeypatch):
-    import elo_lightning.data.sft as sft
+    from elo_lightning.data import sft
 
     path = _write(tmp_path / "d.jsonl", _convs(14))
     seen = []
