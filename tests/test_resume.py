@@ -6,10 +6,10 @@ import shutil
 
 import pytest
 import torch
+from tiny_models import tiny_model
 
 from elo_lightning.errors import ELOError
 from elo_lightning.resume import RUN_CONFIG_KEY, check_resume, read_checkpoint_config, resolve_last
-from tiny_models import tiny_model
 
 TRAINER = {"logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
                       "init_args": {"save_dir": "{tmp}/runs", "name": "elo"}},
