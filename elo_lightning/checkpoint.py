@@ -210,3 +210,14 @@ def consolidate(checkpoint_dir: str | Path, model_source: str | Path | None, out
     for key, value in loaded.items():
         own[key[len("model."):]].copy_(value)
     return module.export(output_dir)
+
+
+def consolidate_cmd(checkpoint_dir: str, output_dir: str, model_source: str | None = None) -> None:
+    """Turn a sharded (FSDP2/DCP) training checkpoint into the stage's plain HF export, exact weights.
+
+    Args:
+        checkpoint_dir: a complete sharded checkpoint directory (has elo_checkpoint.json).
+        output_dir: HF directory to write.
+        model_source: the stage's model argument, if it moved since training.
+    """
+    print(f"consolidated -> {consolidate(checkpoint_dir, model_source, output_dir)}")

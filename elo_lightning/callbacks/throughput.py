@@ -264,7 +264,8 @@ class ThroughputLogger(Callback):
             return
         metrics = {f"throughput/{k}": float(v) for k, v in rec.items() if v is not None and k != "step"}
         metrics.update(
-            {f"throughput/window/{k}": float(v) for k, v in window.items() if k not in ("time", "batches", "samples", "lengths")}
+            {f"throughput/window/{k}": float(v) for k, v in window.items()
+             if k not in ("time", "batches", "samples", "lengths")}
         )
         for logger in getattr(trainer, "loggers", None) or []:
             logger.log_metrics(metrics, step=rec["step"])

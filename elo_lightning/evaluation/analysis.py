@@ -116,7 +116,9 @@ def load_results(path: str | Path) -> dict[str, dict[str, dict[str, float]]]:
     return models
 
 
-def perplexity_table(models: dict[str, dict[str, dict[str, float]]], metric: str = "perplexity") -> dict[str, dict[str, float]]:
+def perplexity_table(
+    models: dict[str, dict[str, dict[str, float]]], metric: str = "perplexity"
+) -> dict[str, dict[str, float]]:
     """``{model: {lang: value}}`` ordered base -> ELO -> FFT -> LoRA -> SFT (unknown models last)."""
     order = sorted(models, key=lambda m: (MODEL_ORDER.index(m) if m in MODEL_ORDER else len(MODEL_ORDER), m))
     return {m: {lang: v[metric] for lang, v in models[m].items() if isinstance(v, dict) and metric in v} for m in order}
