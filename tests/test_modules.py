@@ -161,8 +161,8 @@ class _Validate(L.LightningDataModule):
         super().__init__()
         self.batches, self.val_languages = batches, ["ko", "en"]
 
-    def val_dataloader(self):
-        return [self.batches]
+    def val_dataloader(self):  # each item is a ready batch
+        return DataLoader(self.batches, batch_size=None)
 
 
 def _val_loss_keys(source, batches):
