@@ -248,6 +248,15 @@ def plot_speedup(res: dict[str, Any], rows: list[dict[str, Any]], path: str | os
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
+    _plot_hours(ax1, res, rows)
+    _plot_speedups(ax2, res, rows)
+    fig.suptitle(f"{res.get('arch', '?')}, seq_len {res.get('seq_len', '?')}, {res.get('device', '?')}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return fig
+
+
+def _plot_hours(ax1, res: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     sizes = [r["data_gb"] for r in rows]
     x = list(range(len(sizes)))
     w = 0.25
@@ -271,6 +280,10 @@ def plot_speedup(res: dict[str, Any], rows: list[dict[str, Any]], path: str | os
     ax1.set_yscale("log")
     ax1.set_title("Training time vs pretraining data size")
     ax1.legend(fontsize=7)
+
+
+def _plot_speedups(ax2, res: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    sizes = [r["data_gb"] for r in rows]
 
     def series(key):
         return [r[key] if r[key] is not None else float("nan") for r in rows]
@@ -297,10 +310,6 @@ def plot_speedup(res: dict[str, Any], rows: list[dict[str, Any]], path: str | os
     ax2.set_ylabel("speedup of ELO (x)")
     ax2.set_title("ELO speedup (ratio of training times)")
     ax2.legend(fontsize=7)
-    fig.suptitle(f"{res.get('arch', '?')}, seq_len {res.get('seq_len', '?')}, {res.get('device', '?')}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return fig
 
 
 def make_figure(results_path: str | os.PathLike, out_dir: str | os.PathLike, best_batch: bool = False) -> dict:
