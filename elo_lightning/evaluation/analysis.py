@@ -12,10 +12,12 @@ Results JSON (``runs/pipeline/results.json``)::
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+from elo_lightning.errors import ELOError
+from elo_lightning.io import read_json
 
 MODEL_ORDER = ("base", "elo", "elo_pretrain", "elo_aligned", "fft", "lora", "chat_vector", "sft")
 
@@ -109,10 +111,10 @@ def plot_loss_curves(rows: list[dict[str, Any]], metric: str = "loss", logy: boo
 
 def load_results(path: str | Path) -> dict[str, dict[str, dict[str, float]]]:
     """``{"models": {...}}`` -> ``{model: {lang: metrics}}``; validates the schema."""
-    data = json.loads(Path(path).read_text())
+    data = read_json(path, "pipeline results.json")
     models = data.get("models") if isinstance(data, dict) else None
     if not isinstance(models, dict):
-        raise ValueError(f"{path}: expected {{'models': {{name: {{lang: {{'perplexity': ...}}}}}}}}")
+        raise ELOError(f"{path}: expected {{'models': {{name: {{lang: {{'perplexity': ...}}}}}}}}")
     return models
 
 
