@@ -36,7 +36,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import ModelParallelStrategy
 
 from elo_lightning.errors import ELOError
-from elo_lightning.io import is_stale, ordinary_permissions, temp_prefix, write_json_atomic
+from elo_lightning.io import is_stale, ordinary_permissions, read_json, temp_prefix, write_json_atomic
 
 MARKER = "elo_checkpoint.json"
 
@@ -206,7 +206,7 @@ def read_dcp_model_state(checkpoint_dir: str | Path, template: dict[str, torch.T
 def _module_from_checkpoint(checkpoint_dir: Path, model_source: str | None):
     check_complete(checkpoint_dir)
     meta = torch.load(checkpoint_dir / META, map_location="cpu", weights_only=False)
-    info = meta.get("elo_stage") or json.loads((checkpoint_dir / MARKER).read_text())
+    info = meta.get("elo_stage") or read_json(checkpoint_dir / MARKER, "checkpoint completion marker")
     hparams = dict(meta.get("hyper_parameters") or {})
     if not info or "class_path" not in info:
         raise ELOError(f"{checkpoint_dir}: no stage class recorded; was it saved by AtomicModelParallelStrategy?")
@@ -221,16 +221,26 @@ def _module_from_checkpoint(checkpoint_dir: Path, model_source: str | None):
 
 
 @torch.no_grad()
-def consolidate(checkpoint_dir: str | Path, model_source: str | Path | None, output_dir: str | Path) -> Path:
+def consolidate(checkpoint_dir: str | Path, model_source: str | Path | None, output_dir: str | Path,
+                overwrite: bool = False) -> Path:
     """Sharded (DCP) training checkpoint -> the stage's HF export, exact weights; runs in one plain process.
 
     Args:
         checkpoint_dir: a complete DCP checkpoint directory written by ``AtomicModelParallelStrategy``.
         model_source: the stage's ``model`` argument if it moved since training (None: as recorded).
-        output_dir: HF directory to write (atomically).
+        output_dir: HF directory to write (atomically; a non-empty one only if it holds an export of the same stage,
+            or with ``overwrite``; never the checkpoint or the model).
+        overwrite: replace a non-empty ``output_dir`` that is not an export of the checkpoint's stage.
     """
+    from elo_lightning.export import export_kind
+    from elo_lightning.io import check_output
+
     checkpoint_dir = Path(checkpoint_dir)
     module = _module_from_checkpoint(checkpoint_dir, model_source)
+    module.hparams["overwrite_export"] = overwrite
+    guard = module.export_guard()
+    check_output(output_dir, export_kind(module.stage), **{**guard, "inputs": {**guard["inputs"],
+                                                                               "checkpoint": checkpoint_dir}})
     module.model = module.build_model()  # on CPU: the exact module tree of training, unsharded
     template = {f"model.{k}": v for k, v in module.model.state_dict().items()}
     loaded = read_dcp_model_state(checkpoint_dir, template)
@@ -238,3 +248,16 @@ def consolidate(checkpoint_dir: str | Path, model_source: str | Path | None, out
     for key, value in loaded.items():
         own[key[len("model."):]].copy_(value)
     return module.export(output_dir)
+
+
+def consolidate_cmd(checkpoint_dir: str, output_dir: str, model_source: str | None = None,
+                    overwrite: bool = False) -> None:
+    """Turn a sharded (FSDP2/DCP) training checkpoint into the stage's plain HF export, exact weights.
+
+    Args:
+        checkpoint_dir: a complete sharded checkpoint directory (has elo_checkpoint.json).
+        output_dir: HF directory to write.
+        model_source: the stage's model argument, if it moved since training.
+        overwrite: replace a non-empty output directory that is not an export of the checkpoint's stage.
+    """
+    print(f"consolidated -> {consolidate(checkpoint_dir, model_source, output_dir, overwrite=overwrite)}")

@@ -34,6 +34,7 @@ from typing import Any
 
 from elo_lightning.errors import ELOError
 
+MANIFEST = "elo_manifest.json"  # how a produced directory was made; detached checkpoints: what attach checks
 OUTPUT_MARKER = "elo_output.json"  # in every output directory: {"kind": ..., "created": ...}
 OUTPUT_FIELD = "elo_output"  # the same, as a field of a JSON output file: {"elo_output": kind, ...}
 PathMap = Mapping[str, "str | Path | None"]
@@ -107,7 +108,7 @@ def output_kind(path: str | Path) -> str | None:
     export = _read_json(path / "elo_export.json")
     if export.get("stage"):
         return f"{export['stage']} export"
-    manifest = _read_json(path / "elo_manifest.json")
+    manifest = _read_json(path / MANIFEST)
     if manifest.get("format", "").startswith("elo-detached/"):
         return "detached"
     return manifest.get("stage")
@@ -283,3 +284,14 @@ def write_output_json(path: str | Path, data: dict[str, Any], kind: str, *, inpu
     clean_leftovers(path)
     write_json_atomic(path, {**data, OUTPUT_FIELD: kind})
     return path
+
+
+def read_json(path: str | Path, what: str = "result file") -> Any:
+    """A JSON file written by this package (results, summaries, manifests); ELOError when missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise ELOError(f"no {what} at {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ELOError(f"{path} is not valid JSON ({err})") from None
