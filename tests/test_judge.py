@@ -54,7 +54,7 @@ class FakeJudge(BaseHTTPRequestHandler):
         FakeJudge.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
         user = body["messages"][-1]["content"]
         FakeJudge.calls[user] = FakeJudge.calls.get(user, 0) + 1
-        last = re.findall(r"SCORE=(\w+)", user)[-1]
+        last = (re.findall(r"SCORE=(\w+)", user) or ["none"])[-1]
         if last == "FLAKY" and FakeJudge.calls[user] == 1:
             return self._reply(503)
         if last == "ALWAYS500":
@@ -185,7 +185,7 @@ def test_mt_bench_reads_fastchat_prompt_file_and_resumes(tmp_path, server):
 
 
 def test_mt_bench_reference_category_without_reference_fails_before_any_request(tmp_path, server):
-    rows = [{"question_id": 1, "model_id": "m", "choices": [{"turns": ["a", "b"]}], "category": "coding",
+    rows = [{"question_id": 1, "model_id": "m", "choices": [{"turns": ["a SCORE=3", "b SCORE=4"]}], "category": "coding",
              "turns": ["q1", "q2"]}]
     answers = _jsonl(tmp_path / "a.jsonl", rows)
     with pytest.raises(ELOError, match="reference"):
@@ -194,8 +194,9 @@ def test_mt_bench_reference_category_without_reference_fails_before_any_request(
     fastchat_refs = _jsonl(tmp_path / "gpt-4.jsonl", [{"question_id": 1, "choices": [{"turns": ["R1x", "R2x"]}]}])
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"benchmark: mt_bench\njudge:\n  reference_file: {fastchat_refs}\n")
-    judge_answers(str(answers), server, str(tmp_path / "j.jsonl"), benchmark=str(cfg))
+    summary = judge_answers(str(answers), server, str(tmp_path / "j.jsonl"), benchmark=str(cfg))
     assert "R2x" in FakeJudge.requests[-1]["body"]["messages"][1]["content"]
+    assert (summary["overall"]["turn_1"], summary["overall"]["turn_2"]) == (3.0, 4.0)
 
 
 # ----------------------------------------------------------------------------------------------- LogicKor
@@ -291,6 +292,9 @@ def test_question_files_and_configs(tmp_path):
     assert fmt == "logickor" and qs[1].references == ["REF-A 4", "REF-B 8"] and qs[0].turns[1] == "영어로 요약해라"
     with pytest.raises(ELOError, match="looks like a logickor"):
         load_questions(lk, "mt_bench")
+    extra = _jsonl(tmp_path / "lk3.jsonl", [{"id": 3, "category": "추론(Reasoning)", "questions": ["a", "b", "b'"],
+                                            "references": ["r", None]}])
+    assert load_questions(extra)[1][0].turns == ["a", "b"]  # LogicKor uses the first two questions only
     with pytest.raises(ELOError, match="one or two turns"):
         load_questions(_jsonl(tmp_path / "three.jsonl", [{"question_id": 1, "category": "c", "turns": ["a"] * 3}]))
     with pytest.raises(ELOError, match="unrecognised"):

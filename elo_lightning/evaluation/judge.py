@@ -175,6 +175,9 @@ def generate_answers(
     done = _resume_rows(output_file, config.benchmark, model_id, questions)
     todo = [q for q in questions if q.id not in done]
     _log(f"{config.benchmark}: {len(questions)} questions, {len(done)} already answered in {output_file}")
+    ignored = [q.id for q in questions if q.ignored_turns]
+    if ignored:
+        _log(f"{config.benchmark}: questions {ignored} have more than two turns; only the first two are used")
 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig

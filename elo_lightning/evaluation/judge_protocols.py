@@ -14,7 +14,7 @@ Aggregates (FastChat ``show_result.py``): mean of turn-1 scores, of turn-2 score
 overall and per category; failed judgments (FastChat's ``-1``) are left out and counted.
 
 **LogicKor** (instructkr/LogicKor): ``questions.jsonl`` rows ``{"id", "category", "questions": [q1, q2],
-"references": [r1 | null, r2 | null]}``; categories 추론(Reasoning), 수학(Math), 글쓰기(Writing), 코딩(Coding),
+"references": [r1 | null, r2 | null]}`` (only the first two questions are used, as LogicKor does); categories 추론(Reasoning), 수학(Math), 글쓰기(Writing), 코딩(Coding),
 이해(Understanding), 문법(Grammar). Two judgments per question (``evaluator.py``): *single* (question 1, its
 reference, answer 1) with the ``single_turn`` system prompt and *multi* (that plus the follow-up question, its
 reference and answer 2) with ``multi_turn``; the system prompts are read from the user's copy of LogicKor's
@@ -197,6 +197,7 @@ class Question:
     category: str
     turns: list[str]
     references: list[str | None]
+    ignored_turns: list[str] = field(default_factory=list)
 
 
 def detect_format(row: dict[str, Any]) -> str:
@@ -253,8 +254,13 @@ def load_questions(path: str | Path, benchmark: str | None = None) -> tuple[str,
         else:
             qid, turns = row["id"], _str_list(row["questions"], where)
             refs = _str_list(row.get("references") or [], where, allow_none=True)
-        if not turns or len(turns) > 2:
-            raise ELOError(f"{where}: {found} questions have one or two turns, got {len(turns)}")
+        ignored: list[str] = []
+        if found == "logickor":  # generator.py/evaluator.py use questions[0] and [1] only (the file has an id
+            if len(turns) < 2:  # with a third, near-duplicate question)
+                raise ELOError(f"{where}: LogicKor questions have two turns, got {len(turns)}")
+            turns, ignored = turns[:2], turns[2:]
+        elif not turns or len(turns) > 2:
+            raise ELOError(f"{where}: MT-Bench questions have one or two turns, got {len(turns)}")
         if qid in seen:
             raise ELOError(f"{where}: duplicate question id {qid!r}")
         seen.add(qid)
@@ -262,7 +268,7 @@ def load_questions(path: str | Path, benchmark: str | None = None) -> tuple[str,
         if not isinstance(category, str) or not category:
             raise ELOError(f"{where}: missing category")
         references = [refs[k] if k < len(refs) else None for k in range(len(turns))]
-        questions.append(Question(qid, category, list(turns), references))
+        questions.append(Question(qid, category, list(turns), references, list(ignored)))
     return found, questions
 
 
