@@ -154,6 +154,7 @@ def test_mt_bench_two_turns_judged_and_aggregated_as_fastchat(tmp_path, server, 
     assert [m["role"] for m in req["body"]["messages"]] == ["system", "user"]
     saved = json.loads((tmp_path / "judged.jsonl.summary.json").read_text())
     assert saved["overall"] == summary["overall"] and "| **Overall** |" in saved["table"]
+    assert Path(saved["figure"]).read_bytes()[:4] == b"\x89PNG"
 
 
 def test_mt_bench_reads_fastchat_prompt_file_and_resumes(tmp_path, server):
@@ -346,7 +347,7 @@ def test_generate_turn_by_turn_per_category_temperature_and_resume(tmp_path, mon
     assert {n for _, _, n in seen} == {1024}
     rows = _rows(out)
     assert rows[0]["choices"][0]["turns"] == ["answer to Write a poem about rain.", "answer to Now make it shorter."]
-    assert rows[1]["reference"] == ["REF-ONE is 4", "REF-TWO is 8"] and rows[0]["model_id"] == "m"
+    assert rows[1]["reference"] == ["REF-ONE is 4", "REF-TWO is 8"] and rows[0]["model_id"] == str(model_dir)
 
     # resume: only the new question is generated; another model's file is refused
     _jsonl(questions, MT_QUESTIONS)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 import urllib.error
@@ -155,7 +156,7 @@ def generate_answers(
         benchmark: ``mt_bench``, ``logickor`` or a YAML like ``configs/judge/mt_bench.yaml`` (default: the
             detected benchmark's own settings).
         max_new_tokens: override every category's new-token limit.
-        model_id: the name recorded in the answers (default: the model directory's name).
+        model_id: the name recorded in the answers (default: the model directory's absolute path).
         device: ``cpu``, ``cuda``, ``cuda:0``...
         dtype: float32, bfloat16 or float16.
         limit: answer only the first ``limit`` questions.
@@ -171,7 +172,7 @@ def generate_answers(
     questions = questions[:limit] if limit is not None else questions
     if not Path(model_dir).is_dir():
         raise ELOError(f"model directory not found: {model_dir}")
-    model_id = model_id or Path(model_dir).resolve().name
+    model_id = model_id or str(Path(model_dir).resolve())
     done = _resume_rows(output_file, config.benchmark, model_id, questions)
     todo = [q for q in questions if q.id not in done]
     _log(f"{config.benchmark}: {len(questions)} questions, {len(done)} already answered in {output_file}")
@@ -214,6 +215,7 @@ def generate_answers(
         rows[q.id] = answer_record(config.benchmark, q, answers, model_id, extra)
         write_jsonl_atomic(output_file, sorted(rows.values(), key=lambda r: order.get(_row_id(r), len(order))))
         _log(f"[{i}/{len(todo)}] {q.id} ({q.category}, T={temperature}): new tokens {n_new}, {finish}")
+    print(f"{config.benchmark}: {len(rows)} of {len(questions)} questions answered -> {output_file}")
     return {"output_file": str(output_file), "benchmark": config.benchmark, "n_questions": len(questions),
             "n_answered": len(todo), "n_resumed": len(done)}
 
@@ -409,9 +411,49 @@ def judge_answers(
                     "judge_prompts": prompts.source, "judge_settings": asdict(config.judge),
                     "models": sorted({r["model_id"] for r in judged})})
     summary["table"] = summary_table(summary)
-    write_json_atomic(summary_file or str(output_file) + ".summary.json", summary)
+    summary_file = summary_file or str(output_file) + ".summary.json"
+    summary["figure"] = plot_summary(summary, str(Path(summary_file).with_suffix(".png")))
+    write_json_atomic(summary_file, summary)
     print(summary["table"])
     return summary
+
+
+def _latin_label(name: str) -> str:
+    """``추론(Reasoning)`` -> ``Reasoning``: the default matplotlib font has no Hangul."""
+    match = re.search(r"\(([^()]*)\)\s*$", name)
+    return match.group(1) if match and not name.isascii() else name
+
+
+def plot_summary(summary: dict[str, Any], path: str) -> str:
+    """Bars per category and overall: Turn 1 / Turn 2 (MT-Bench) or Single / Multi (LogicKor), the combined
+    score as a marker; written atomically. Returns ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mt = summary["benchmark"] == "mt_bench"
+    keys, labels = (("turn_1", "turn_2", "average"), ("Turn 1", "Turn 2", "Average")) if mt else (
+        ("single", "multi", "total"), ("Single turn", "Multi turn", "Total"))
+    blocks = [*summary["by_category"].items(), ("Overall", summary["overall"])]
+    x = list(range(len(blocks)))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(blocks) + 2), 4))
+    for offset, key, label in ((-0.2, keys[0], labels[0]), (0.2, keys[1], labels[1])):
+        ax.bar([i + offset for i in x], [b[key] or 0.0 for _, b in blocks], 0.4, label=label)
+    ax.scatter(x, [b[keys[2]] if b[keys[2]] is not None else float("nan") for _, b in blocks], color="black",
+               marker="D", zorder=3, label=labels[2])
+    ax.set_xticks(x, [_latin_label(name) for name, _ in blocks], rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(0, 10)
+    ax.set_ylabel("judge score (0-10)")
+    ax.set_title(f"{summary['benchmark']} judged by {summary.get('judge_model', '?')}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, target)
+    return str(target)
 
 
 def _key(qid: Any) -> str:
