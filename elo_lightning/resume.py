@@ -243,6 +243,8 @@ class ResumeCLIMixin:
         if not path.exists():
             raise ELOError(f"checkpoint not found: {path}")
         self.config[sub]["ckpt_path"] = str(path)
+        if sub != "fit":  # validate/test only read the weights: nothing they are given can change the training
+            return
         taken = check_resume(read_checkpoint_config(path), given, path)
         from lightning.pytorch.utilities import rank_zero_info
 

@@ -51,7 +51,7 @@ def test_init_detach_attach_round_trip(tmp_path, capsys):
         (["detach", "--model", "configs/models/tiny-llama.json", "--layers", " ", "--output", "{tmp}/x"], "empty"),
         (["detach", "--model", "{tmp}/nowhere", "--layers", "1", "--output", "{tmp}/x"], "not found"),
         (["detach", "--model", "{tmp}/gpt2.json", "--layers", "1", "--output", "{tmp}/x"], "unknown architecture"),
-        (["attach", "--model", "configs/models/tiny-llama.json", "--detached", "{tmp}", "--output", "{tmp}/x"],
+        (["attach", "--model", "configs/models/tiny-llama.json", "--detached", "{tmp}/notes", "--output", "{tmp}/x"],
          "not an ELO detached checkpoint"),
         (["attach", "--model", "{tmp}/other.json", "--detached", "{tmp}/elo", "--output", "{tmp}/x"],
          "different model"),
