@@ -98,6 +98,18 @@ def _add_compat_files(output_dir: str) -> None:
         f.write("\n")
 
 
+def adds_bos(tokenizer) -> bool:
+    """Whether ``tokenizer(text)`` puts BOS first (Llama-3 through its post-processor, Gemma/Llama-2 through
+    ``add_bos_token``; Qwen2 and the shipped demo tokenizer add none). Asked of the tokenizer itself, so any
+    mechanism counts: the model was trained on what the tokenizer produces."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return False
+    with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    return len(with_special) > len(plain) and with_special[0] == bos
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description="Rebuild the shipped byte-level BPE tokenizer.")
     ap.add_argument("--files", nargs="*", default=None, help=f"training files (default: {DEFAULT_FILES})")
