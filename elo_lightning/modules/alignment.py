@@ -10,7 +10,7 @@ from transformers import PreTrainedModel
 
 from elo_lightning.models import load_causal_lm
 from elo_lightning.modules.base import CausalLMModule
-from elo_lightning.surgery import attach, load_detached
+from elo_lightning.surgery import attach, check_source, load_detached, read_manifest
 
 
 class AlignmentModule(CausalLMModule):
@@ -28,6 +28,8 @@ class AlignmentModule(CausalLMModule):
             self.stage = "fft"
 
     def build_model(self, device: str = "cpu") -> PreTrainedModel:
+        if self.hparams.detached and device != "meta":  # a mismatched checkpoint is refused before the full load
+            check_source(self.source, read_manifest(self.hparams.detached))
         model = load_causal_lm(self.source, seed=self.hparams.seed, device=device)
         if self.hparams.detached and device != "meta":
             small, manifest = load_detached(self.hparams.detached, dtype=model.dtype)

@@ -7,9 +7,16 @@ from pathlib import Path
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from elo_lightning.export import export_hf, stage_manifest
-from elo_lightning.models import load_causal_lm, load_config
+from elo_lightning.models import load_causal_lm, load_config, resolve_dtype, weight_files
 from elo_lightning.modules.base import CausalLMModule
-from elo_lightning.surgery import MANIFEST, DetachManifest, detach, load_detached, read_manifest
+from elo_lightning.surgery import (
+    MANIFEST,
+    DetachManifest,
+    detach,
+    detach_from_checkpoint,
+    load_detached,
+    read_manifest,
+)
 
 
 class DetachedLayerModule(CausalLMModule):
@@ -49,8 +56,13 @@ class DetachedLayerModule(CausalLMModule):
                 with torch.device("meta"):
                     small = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(self.source))
             else:
-                small, manifest = load_detached(self.source)
-        else:
+                small, manifest = load_detached(self.source, dtype=resolve_dtype(None))
+        elif device != "meta" and weight_files(self.source) is not None:
+            # Only what ELO trains on is read: embedding, λ, final norm, head (by name, memory-mapped, in the
+            # training dtype); the middle layers are never loaded. Every DDP rank does this, which costs each
+            # rank the small model only (the shards' pages are shared through the page cache).
+            small, manifest = detach_from_checkpoint(self.source, self.hparams.layers, dtype=resolve_dtype(None))
+        else:  # an architecture .json (random init of the full model, seeded), a hub id, a .bin checkpoint
             full = load_causal_lm(self.source, seed=self.hparams.seed, device=device)
             small, manifest = detach(full, self.hparams.layers, copy_weights=False)
             del full
