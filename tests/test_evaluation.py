@@ -197,3 +197,12 @@ def test_eval_windows_are_laid_out_like_training(tmp_path, family, bos):
     model = AutoModelForCausalLM.from_pretrained(path).float()  # bf16 checkpoint: the hand computation in fp32
     assert res["en"]["tokens"] == len(expected) - 1
     assert res["en"]["loss"] == pytest.approx(_hand_nll(model, expected)[0] / (len(expected) - 1), rel=0.05)
+
+
+def test_eval_loads_in_the_checkpoints_dtype(tmp_path):
+    from elo_lightning.evaluation.perplexity import _load
+    from tiny_models import save_real_like
+
+    path = save_real_like(tmp_path / "m", "llama")
+    assert _load(str(path), None, None)[0].dtype == torch.bfloat16  # default: the checkpoint's own
+    assert _load(str(path), None, "float32")[0].dtype == torch.float32
