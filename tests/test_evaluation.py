@@ -139,7 +139,8 @@ def test_analysis_helpers_and_notebook_executes(tmp_path):
     c = analysis.curves(rows, "loss")
     assert set(c["sft/version_0"]) == {"train", "val/ko", "val/en"}
     assert c["sft/version_0"]["train"][0] == [0, 10, 20, 30, 40]
-    assert list(analysis.perplexity_table(analysis.load_results(results))) == ["base", "elo_aligned", "fft", "lora", "sft"]
+    table = analysis.perplexity_table(analysis.load_results(results))
+    assert list(table) == ["base", "elo_aligned", "fft", "lora", "sft"]
 
     nb_path = ROOT / "notebooks" / "analysis.ipynb"
     nb = nbformat.read(nb_path, as_version=4)
@@ -200,8 +201,9 @@ def test_eval_windows_are_laid_out_like_training(tmp_path, family, bos):
 
 
 def test_eval_loads_in_the_checkpoints_dtype(tmp_path):
-    from elo_lightning.evaluation.perplexity import _load
     from tiny_models import save_real_like
+
+    from elo_lightning.evaluation.perplexity import _load
 
     path = save_real_like(tmp_path / "m", "llama")
     assert _load(str(path), None, None)[0].dtype == torch.bfloat16  # default: the checkpoint's own

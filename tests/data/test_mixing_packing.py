@@ -39,7 +39,7 @@ def test_token_share_matches_weights(make_dm, weights):
 
 def test_zero_weight_language_is_never_read(make_dm):
     dm = make_dm({"en": 0.0, "ko": 1.0})
-    for _, st in _states(dm.train_dataset().iterate(0), 300):
+    for _, st in _states(dm.train_dataset().iterate(0), 300):  # noqa: B007 - the last state is checked
         pass
     assert st["tokens"]["en"] == 0 and st["cursors"]["en"]["doc"] == 0
 
@@ -90,9 +90,10 @@ def test_shuffled_epochs_permute_whole_shards(make_dm, tokenizer):
 def test_documents_start_with_bos_when_the_tokenizer_adds_it(tmp_path, family, bos):
     """Llama-3 (post-processor) and Gemma (add_bos_token) tokenizers add BOS, Qwen2's does not: the packed stream
     follows the tokenizer, in training and in validation; only a sequence cut inside a document lacks it."""
+    from tiny_models import BOS_STYLE, real_like_tokenizer
+
     from elo_lightning.data import BilingualDataModule
     from tests.data.conftest import source
-    from tiny_models import real_like_tokenizer, BOS_STYLE
 
     tok_dir = tmp_path / "tok"
     tok = real_like_tokenizer(BOS_STYLE[family])

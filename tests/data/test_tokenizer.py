@@ -78,11 +78,11 @@ def test_train_tokenizer_is_deterministic(tmp_path):
 def test_check_tokenizer_refuses_another_models_tokenizer(tmp_path):
     """A tokenizer smaller than the vocabulary used to pass; with the model's own tokenizer at hand, anything
     else is refused (unless explicitly allowed), a copy of the model's own is accepted."""
+    from tiny_models import real_like_tokenizer, save_real_like
     from transformers import AutoTokenizer
 
     from elo_lightning.errors import ELOError
     from elo_lightning.tokenizer import check_tokenizer
-    from tiny_models import real_like_tokenizer, save_real_like
 
     model = save_real_like(tmp_path / "model", "llama")  # vocabulary 512, its tokenizer 262 tokens, adds BOS
     other = tmp_path / "other"
