@@ -10,7 +10,8 @@ Training stream (``_PackedStream``, an IterableDataset)
   into ``seq_len`` sequences, so every document starts with BOS where the model expects it. A document longer
   than the room left continues in the next sequence: a sequence that starts in the middle of a document is the
   only one that does not start with BOS (as in every packed pre-training stream). A sample is
-  ``{"input_ids": LongTensor[seq_len], "labels": same}`` (HF causal LMs shift the labels themselves) plus ``stream_id``/``stream_state`` (see resume).
+  ``{"input_ids": LongTensor[seq_len], "labels": same}`` (HF causal LMs shift the labels themselves) plus
+  ``stream_id``/``stream_state`` (see resume).
 * **Infinite.** Each language cycles over its shards; every pass is an *epoch* of that language. With
   ``shuffle_shards`` the shard order of each epoch is a permutation seeded by (seed, language, epoch). Documents
   inside a shard keep their file order (shards are expected to be pre-shuffled). The Trainer's ``max_steps``
