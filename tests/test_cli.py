@@ -87,3 +87,29 @@ def test_fit_elo_then_align_through_the_shipped_configs(tmp_path):
         assert json.loads(summary.read_text())["tokens_per_s"] > 0
         assert list(summary.parent.glob("events.out.tfevents.*"))
         assert list(summary.parent.rglob("*.ckpt"))
+
+
+def test_data_tokenizer_defaults_to_the_models_own(tmp_path):
+    """No tokenizer in the data config: the model's own (its directory's), for the data and the module alike;
+    a model without one is refused instead of falling back to some tokenizer."""
+    import lightning as L
+    from tiny_models import save_real_like
+
+    from elo_lightning.errors import ELOError
+    from elo_lightning.lightning_cli import ELOLightningCLI
+
+    model = save_real_like(tmp_path / "m", "llama")
+    langs = '[{name: en, train: [data/sample/pretrain/en/train-*.jsonl]}]'
+
+    def cli(source):
+        return ELOLightningCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True,
+                               subclass_mode_data=True, run=False, auto_configure_optimizers=False,
+                               args=["--model", "elo_lightning.modules.DetachedLayerModule",
+                                     "--model.init_args.model", source,
+                                     "--data", "elo_lightning.data.BilingualDataModule",
+                                     "--data.init_args.languages", langs, "--trainer.logger", "false"])
+
+    made = cli(str(model))
+    assert made.datamodule.tokenizer_name == str(model) and made.model.hparams.tokenizer == str(model)
+    with pytest.raises(ELOError, match="carries none"):
+        cli("configs/models/tiny-llama.json")

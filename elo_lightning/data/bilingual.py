@@ -316,11 +316,11 @@ class BilingualDataModule(L.LightningDataModule):
         pin_memory: pin batches (off by default).
     """
 
-    def __init__(self, tokenizer: str, languages: list[LanguageSource], seq_len: int = 2048, batch_size: int = 4,
+    def __init__(self, tokenizer: str | None, languages: list[LanguageSource], seq_len: int = 2048, batch_size: int = 4,
                  val_batch_size: int | None = None, num_workers: int = 0, seed: int = 42, add_bos: bool | None = None,
                  val_max_sequences: int | None = 256, shuffle_shards: bool = True, pin_memory: bool = False):
         super().__init__()
-        self.tokenizer_name = str(tokenizer)
+        self.tokenizer_name = None if tokenizer is None else str(tokenizer)
         self.languages = [LanguageSource(**lang) if isinstance(lang, dict) else lang for lang in (languages or [])]
         self.seq_len, self.batch_size = int(seq_len), int(batch_size)
         self.val_batch_size = int(val_batch_size) if val_batch_size is not None else self.batch_size
@@ -382,6 +382,9 @@ class BilingualDataModule(L.LightningDataModule):
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
+            if self.tokenizer_name is None:
+                raise ELOError("BilingualDataModule: no tokenizer (`elo fit` takes the model's own; set "
+                               "data.init_args.tokenizer when the model carries none)")
             try:
                 tok = AutoTokenizer.from_pretrained(self.tokenizer_name)
             except Exception as e:  # noqa: BLE001 - any load failure is a bad argument
