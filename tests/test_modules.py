@@ -189,7 +189,8 @@ def test_setup_refuses_another_models_tokenizer(tmp_path):
     other = tmp_path / "other"
     real_like_tokenizer("template", extra_tokens=5).save_pretrained(other)
     trainer = L.Trainer(logger=False, enable_checkpointing=False)
-    for tok, allow, message in (("configs/tokenizer", True, "vocabulary has 512"), (str(other), False, "not the model")):
+    cases = (("configs/tokenizer", True, "vocabulary has 512"), (str(other), False, "not the model"))
+    for tok, allow, message in cases:
         module = DetachedLayerModule(model=str(model), tokenizer=tok, allow_tokenizer_mismatch=allow)
         module.trainer = trainer
         with pytest.raises(ELOError, match=message):
