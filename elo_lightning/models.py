@@ -22,6 +22,23 @@ _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_m
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
+# Attention kernels a stage may ask for; each keeps packed sequences apart through position_ids.
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+
+
+def check_attn_implementation(name: str | None) -> None:
+    """None = transformers' choice. flash_attention_2 needs the flash_attn package (CUDA)."""
+    if name is None:
+        return
+    if name not in ATTN_IMPLEMENTATIONS:
+        raise ELOError(f"unknown attn_implementation {name!r}; choose one of {', '.join(ATTN_IMPLEMENTATIONS)}")
+    if name == "flash_attention_2":
+        import importlib.util
+
+        if importlib.util.find_spec("flash_attn") is None:
+            raise ELOError("attn_implementation=flash_attention_2 needs flash_attn (pip install flash-attn; CUDA); "
+                           "use sdpa")
+
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     """``None`` = the current default dtype, which Lightning sets to bf16 inside ``configure_model`` under
@@ -80,26 +97,34 @@ def has_weights(source: str | Path) -> bool:
     return True  # a hub id: the weights live there
 
 
-def init_model(config: PretrainedConfig, seed: int = 42, dtype: str | torch.dtype | None = None) -> PreTrainedModel:
+def init_model(config: PretrainedConfig, seed: int = 42, dtype: str | torch.dtype | None = None,
+               attn_implementation: str | None = None) -> PreTrainedModel:
     """Random init from an architecture config, reproducible by seed."""
     check_architecture(config)
+    check_attn_implementation(attn_implementation)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config, dtype=resolve_dtype(dtype))
+        model = AutoModelForCausalLM.from_config(config, dtype=resolve_dtype(dtype),
+                                                 attn_implementation=attn_implementation)
     return model
 
 
 def load_causal_lm(
-    source: str | Path, dtype: str | torch.dtype | None = None, seed: int = 42, device: str | torch.device = "cpu"
+    source: str | Path, dtype: str | torch.dtype | None = None, seed: int = 42, device: str | torch.device = "cpu",
+    attn_implementation: str | None = None,
 ) -> PreTrainedModel:
-    """A causal LM from an HF directory or hub id (weights loaded) or an architecture config (random init)."""
+    """A causal LM from an HF directory or hub id (weights loaded) or an architecture config (random init).
+
+    ``attn_implementation``: sdpa, eager or flash_attention_2 (None = transformers' default, sdpa)."""
+    check_attn_implementation(attn_implementation)
+    attn = {"attn_implementation": attn_implementation}
     if str(device) == "meta":
         with torch.device("meta"):
-            return AutoModelForCausalLM.from_config(load_config(source), dtype=resolve_dtype(dtype))
+            return AutoModelForCausalLM.from_config(load_config(source), dtype=resolve_dtype(dtype), **attn)
     if not has_weights(source):
-        return init_model(load_config(source), seed=seed, dtype=dtype).to(device)
+        return init_model(load_config(source), seed=seed, dtype=dtype, **attn).to(device)
     load_config(source)  # architecture check and clear errors before the (slow) weight load
-    model = AutoModelForCausalLM.from_pretrained(str(source), dtype=resolve_dtype(dtype))
+    model = AutoModelForCausalLM.from_pretrained(str(source), dtype=resolve_dtype(dtype), **attn)
     return model.to(device)
 
 
