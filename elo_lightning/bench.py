@@ -27,11 +27,13 @@ def default_lora_rank(hidden_size: int) -> int:
     return max(1, round(64 * hidden_size / 4096))
 
 
-def _module(method: str, arch: str, layers: str, lora_rank: int, gradient_checkpointing: bool, tokenizer: str):
+def _module(method: str, arch: str, layers: str, lora_rank: int, gradient_checkpointing: bool, tokenizer: str,
+            **speed):
     from elo_lightning.modules import AlignmentModule, DetachedLayerModule, FreezeTuningModule, LoRAModule
     from elo_lightning.optim import OptimizerConfig
 
-    common = dict(model=arch, tokenizer=tokenizer, optimizer=OptimizerConfig(), gradient_checkpointing=gradient_checkpointing)
+    common = dict(model=arch, tokenizer=tokenizer, optimizer=OptimizerConfig(), gradient_checkpointing=gradient_checkpointing,
+                  **speed)
     if method == "elo":
         return DetachedLayerModule(layers=layers, **common)
     if method == "freeze":
@@ -58,6 +60,10 @@ def worker(
     lora_rank: int = 64,
     tokenizer: str = "configs/tokenizer",
     data: str = "data/sample/pretrain",
+    linear_ce: str = "auto",
+    attn_implementation: str = "sdpa",
+    compile: bool = False,
+    peak_flops_per_device: float | None = None,
 ) -> dict:
     """One method, one process: train warmup+steps optimizer steps and write ``summary.json`` to ``output``."""
     import lightning as L
@@ -67,7 +73,8 @@ def worker(
     from elo_lightning.pipeline import _datamodule
 
     L.seed_everything(42, verbose=False)
-    module = _module(method, arch, layers, lora_rank, gradient_checkpointing, tokenizer)
+    module = _module(method, arch, layers, lora_rank, gradient_checkpointing, tokenizer, linear_ce=linear_ce,
+                     attn_implementation=attn_implementation, compile=compile)
     dm = _datamodule(tokenizer, {"en": 1.0, "ko": 9.0}, seq_len, batch_size, 42, Path(data))
     trainer = L.Trainer(
         max_steps=warmup + steps,
@@ -79,7 +86,7 @@ def worker(
         limit_val_batches=0,
         num_sanity_val_steps=0,
         enable_model_summary=False,
-        callbacks=[ThroughputLogger(output_dir=output, warmup_steps=warmup)],
+        callbacks=[ThroughputLogger(output_dir=output, warmup_steps=warmup, peak_flops_per_device=peak_flops_per_device)],
     )
     trainer.fit(module, datamodule=dm)
     summary = json.loads((Path(output) / "summary.json").read_text())
@@ -95,6 +102,7 @@ def worker(
         "computed_params": params["total"],
         "batch_size": batch_size,
         "device_name": summary.get("device_name"),
+        "linear_ce": module._linear_ce_impl(),
     }
     write_json_atomic(Path(output) / "result.json", result)
     return result
@@ -155,6 +163,12 @@ def bench(
     best_batch: bool = False,
     max_batch_size: int = 64,
     memory_budget_gb: float | None = None,
+    linear_ce: str = "auto",
+    attn_implementation: str = "sdpa",
+    compile: bool = False,
+    checkpointing_methods: str | None = None,
+    best_batch_methods: str | None = None,
+    peak_flops_per_device: float | None = None,
 ) -> dict:
     """Time ELO, LoRA, FFT and freeze-tuning on one architecture; write results.json, speedup.png and speedup.md.
 
@@ -178,6 +192,14 @@ def bench(
         memory_budget_gb: a micro-batch fits when it does not run out of memory and its peak memory (CUDA peak
             allocated; peak RSS of the process on CPU, where nothing runs out of memory before the machine swaps)
             stays within this budget. None: only out-of-memory errors bound the search.
+        linear_ce: the stages' loss without full logits (auto, chunked, liger, cce, off; ``elo_lightning.losses``).
+        attn_implementation: sdpa, eager or flash_attention_2.
+        compile: torch.compile each decoder layer.
+        checkpointing_methods: comma-separated methods that recompute activations (default: all methods when
+            gradient_checkpointing, else none), e.g. "fft,lora,freeze" on one GPU at seq 8192.
+        best_batch_methods: comma-separated methods whose batch is searched (default: all, when best_batch).
+        peak_flops_per_device: the device's dense peak FLOP/s for MFU (default: Lightning's table; it lists H200
+            at its sparse 2 PFLOP/s, the dense bf16 peak of H100 SXM and H200 is 989.4 TFLOP/s).
     """
     from transformers import __version__ as tf_version
 
@@ -189,15 +211,23 @@ def bench(
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     args = dict(arch=arch, layers=layers, seq_len=seq_len, steps=steps, warmup=warmup, precision=precision,
-                accelerator=accelerator, gradient_checkpointing=gradient_checkpointing, lora_rank=lora_rank)
+                accelerator=accelerator, lora_rank=lora_rank, linear_ce=linear_ce,
+                attn_implementation=attn_implementation, compile=compile)
+    if peak_flops_per_device is not None:
+        args["peak_flops_per_device"] = peak_flops_per_device
+    recompute = _method_list(checkpointing_methods, chosen if gradient_checkpointing else [])
+    searched = _method_list(best_batch_methods, chosen if best_batch else [])
     results: dict = {}
     for method in chosen:
+        margs = {**args, "gradient_checkpointing": method in recompute}
         print(f"[bench] {method}: batch {batch_size} x seq {seq_len}, {warmup} warm-up + {steps} measured steps", flush=True)
-        res = _run_worker(method, out / method, batch_size, args)
+        res = _run_worker(method, out / method, batch_size, margs)
         if res is None:
             print(f"[bench] {method}: out of memory at batch {batch_size}", flush=True)
             continue
-        res["best_batch"] = _search_batch(method, out, res, args, max_batch_size, memory_budget_gb) if best_batch else None
+        res["gradient_checkpointing"] = method in recompute
+        res["best_batch"] = (_search_batch(method, out, res, margs, max_batch_size, memory_budget_gb)
+                             if method in searched else None)
         results[method] = res
         print(f"[bench] {method}: {res['tokens_per_s']:.0f} tokens/s, step {res['step_time_s']:.3f}s", flush=True)
     device = next((r.get("device_name") for r in results.values() if r.get("device_name")), platform.processor())
@@ -208,12 +238,25 @@ def bench(
         "seq_len": seq_len,
         "layers": layers,
         "precision": precision,
+        "linear_ce": linear_ce,
+        "attn_implementation": attn_implementation,
+        "compile": compile,
         "versions": {"torch": torch.__version__, "transformers": tf_version, "python": platform.python_version()},
         "methods": results,
     }
-    if best_batch:
+    if best_batch or searched:
         report["memory_budget_gb"] = memory_budget_gb
-    return _finish(report, out, config, lam, lora_rank, best_batch)
+    return _finish(report, out, config, lam, lora_rank, bool(searched))
+
+
+def _method_list(value: str | None, default: list[str]) -> list[str]:
+    if value is None:
+        return list(default)
+    chosen = [m.strip() for m in value.split(",") if m.strip()]
+    unknown = set(chosen) - set(METHODS)
+    if unknown:
+        raise ELOError(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
+    return chosen
 
 
 def from_runs(
