@@ -24,10 +24,11 @@ position predicts nothing), ``ignore_index=-100``, token mean, or -- when ``num_
 base module does under DDP/FSDP -- token sum divided by it. Gemma's ``final_logit_softcapping`` is applied to the
 fp32 logits (transformers applies it in the model dtype: equal in fp32, closer to exact in bf16).
 
-Sharding: the loss runs *inside the LM head's own call* (:func:`enable_linear_ce` gives the head module a forward
-that also accepts a :class:`LossRequest`), so FSDP2's hooks on the head's unit gather its weight for the forward,
-gather it again for backward and reduce-scatter the head's gradient exactly as for the plain ``lm_head(hidden)``;
-a tied head lives in one unit with the embedding and is handled the same way.
+Sharding: the loss runs through the model's own call and *inside the LM head's own call*
+(:func:`enable_linear_ce` gives the causal LM and its head a forward that also accepts a :class:`LossRequest`), so
+FSDP2's hooks on the root unit (final norm, rotary buffers) and on the head's unit gather the weights for the
+forward, gather them again for backward and reduce-scatter the gradients exactly as for the plain
+``model(**batch)``; a tied head lives in one unit with the embedding and is handled the same way.
 """
 
 from __future__ import annotations
@@ -184,16 +185,43 @@ class LossRequest:
 
 
 class _LinearCEHead:
-    """Mixin placed in front of the head's class: ``head(hidden, loss_request=r)`` returns the loss."""
+    """Mixin in front of the head's class: ``head(hidden, loss_request=r)`` returns the loss instead of logits."""
 
-    def forward(self, input, loss_request: LossRequest | None = None):  # noqa: A002 - nn.Linear's name
+    def forward(self, input, loss_request: LossRequest | None = None):
         if loss_request is None:
             return super().forward(input)
         r = loss_request
         return causal_lm_loss(input, self.weight, r.labels, r.num_items_in_batch, r.impl, r.softcap, r.chunk_tokens)
 
 
-_HEAD_CLASSES: dict[type, type] = {}
+class _LinearCECausalLM:
+    """Mixin in front of the HF causal LM's class: ``lm(..., loss_request=r)`` runs the decoder (``lm.model``) and
+    hands its last hidden state to the head's call (above). Entered through the model's own call, so every FSDP2
+    unit on the way (the root: final norm, rotary buffers) unshards and reduces as in a plain forward."""
+
+    def forward(self, *args, loss_request: LossRequest | None = None, **kwargs):
+        if loss_request is None:
+            return super().forward(*args, **kwargs)
+        # what wrappers (peft) pass along as None, and the labels, which travel in the request
+        kwargs = {k: v for k, v in kwargs.items() if v is not None and k not in ("labels", "return_dict")}
+        hidden = self.model(*args, **kwargs).last_hidden_state
+        return self.get_output_embeddings()(hidden, loss_request=loss_request)
+
+
+_CLASSES: dict[tuple[type, type], type] = {}
+
+
+def _give_mixin(module: nn.Module, mixin: type) -> None:
+    """Put ``mixin`` in front of the module's class, in place. The new class keeps the name, module and qualname
+    (``save_pretrained`` writes the class name into config.json's ``architectures``); parameters, buffers, state
+    dict and hooks (FSDP2's included, before or after ``fully_shard``) are untouched."""
+    cls = type(module)
+    if isinstance(module, mixin):
+        return
+    if (mixin, cls) not in _CLASSES:
+        attrs = {"__module__": cls.__module__, "__qualname__": cls.__qualname__}
+        _CLASSES[mixin, cls] = type(cls.__name__, (mixin, cls), attrs)
+    module.__class__ = _CLASSES[mixin, cls]
 
 
 def _inner(model: nn.Module) -> nn.Module:
@@ -203,32 +231,31 @@ def _inner(model: nn.Module) -> nn.Module:
 
 
 def enable_linear_ce(model: nn.Module) -> None:
-    """Let the model's LM head compute the loss in its own call. In place; works before or after ``fully_shard``
-    (the head's class gets a subclass with the extended forward; parameters, state dict and hooks are untouched)."""
-    head = _inner(model).get_output_embeddings()
-    if not isinstance(head, nn.Linear) or head.bias is not None:
-        raise ELOError(f"linear_ce needs a bias-free nn.Linear LM head, got {type(head).__name__}; use linear_ce=off")
-    cls = type(head)
-    if isinstance(head, _LinearCEHead):
-        return
-    if cls not in _HEAD_CLASSES:
-        _HEAD_CLASSES[cls] = type(f"LinearCE{cls.__name__}", (_LinearCEHead, cls), {})
-    head.__class__ = _HEAD_CLASSES[cls]
+    """Let ``model(..., loss_request=r)`` return the loss through the head's linear cross-entropy. In place."""
+    lm = _inner(model)
+    head = lm.get_output_embeddings()
+    if not isinstance(head, nn.Linear) or head.bias is not None or not hasattr(lm, "model"):
+        raise ELOError(f"linear_ce needs a decoder at .model and a bias-free nn.Linear LM head; "
+                       f"{type(lm).__name__} has {type(head).__name__}: use linear_ce=off")
+    _give_mixin(head, _LinearCEHead)
+    _give_mixin(lm, _LinearCECausalLM)
+
+
+def is_linear_ce_enabled(model: nn.Module) -> bool:
+    lm = _inner(model)
+    return isinstance(lm, _LinearCECausalLM) and isinstance(lm.get_output_embeddings(), _LinearCEHead)
 
 
 def model_loss(model: nn.Module, inputs: dict, impl: str, chunk_tokens: int | None = None) -> torch.Tensor:
     """The causal-LM loss of ``model(**inputs)`` (inputs hold ``labels``; maybe ``num_items_in_batch``) computed
-    by the decoder (``model.model``) and then the head's linear cross-entropy: no full logits."""
-    lm = _inner(model)
+    by the decoder and then the head's linear cross-entropy: no full logits. Called through ``model``'s own call."""
     inputs = dict(inputs)
     labels = inputs.pop("labels")
     num_items = inputs.pop("num_items_in_batch", None)
-    hidden = lm.model(**inputs).last_hidden_state
-    head = lm.get_output_embeddings()
-    if not isinstance(head, _LinearCEHead):
+    if not is_linear_ce_enabled(model):
         enable_linear_ce(model)
-    softcap = getattr(lm.config, "final_logit_softcapping", None)
-    return head(hidden, loss_request=LossRequest(labels, num_items, impl, softcap, chunk_tokens))
+    softcap = getattr(_inner(model).config, "final_logit_softcapping", None)
+    return model(**inputs, loss_request=LossRequest(labels, num_items, impl, softcap, chunk_tokens))
 
 
 def logits_bytes(tokens: int, vocab_size: int) -> int:
@@ -238,13 +265,14 @@ def logits_bytes(tokens: int, vocab_size: int) -> int:
 
 __all__ = [
     "CHUNK_BYTES",
-    "ChunkedLinearCrossEntropy",
     "LINEAR_CE_CHOICES",
+    "ChunkedLinearCrossEntropy",
     "LossRequest",
     "causal_lm_loss",
     "check_linear_ce",
     "default_chunk_tokens",
     "enable_linear_ce",
+    "is_linear_ce_enabled",
     "linear_cross_entropy_sum",
     "logits_bytes",
     "model_loss",

@@ -15,6 +15,7 @@ from elo_lightning.losses import (
     causal_lm_loss,
     default_chunk_tokens,
     enable_linear_ce,
+    is_linear_ce_enabled,
     linear_cross_entropy_sum,
     model_loss,
     resolve_linear_ce,
@@ -131,6 +132,8 @@ def test_model_loss_equals_hf_loss_for_every_head_kind(family):
     for a, b in zip(gw, rw):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     assert model.lm_head(torch.zeros(1, 64)).shape == (1, 512), "the head's plain call must still give logits"
+    torch.testing.assert_close(model(**batch).loss, want, rtol=1e-6, atol=1e-7)  # and the model's plain call
+    assert type(model).__name__ == type(tiny_model(family)).__name__  # config.json's "architectures" unchanged
     if family == "qwen2-tied":
         assert model.lm_head.weight is model.get_input_embeddings().weight
 
@@ -203,16 +206,17 @@ def tied_source(tmp_path_factory):
     return str(path)
 
 
-@pytest.mark.parametrize("stage", ["elo", "fft"])
+@pytest.mark.parametrize("stage", ["elo", "fft", "lora"])
 def test_stage_default_is_the_chunked_loss_and_trains_like_the_plain_one(tied_source, stage):
-    from elo_lightning.modules import AlignmentModule, DetachedLayerModule
+    from elo_lightning.modules import AlignmentModule, DetachedLayerModule, LoRAModule
     from elo_lightning.optim import OptimizerConfig
 
-    cls = DetachedLayerModule if stage == "elo" else AlignmentModule
+    cls = {"elo": DetachedLayerModule, "fft": AlignmentModule, "lora": LoRAModule}[stage]
+    extra = {"r": 4} if stage == "lora" else {}
     opt = OptimizerConfig(name="adamw", lr=1e-2)
-    default, m1 = _fit_losses(cls(model=tied_source, optimizer=opt, measure_flops=False))
-    plain, _ = _fit_losses(cls(model=tied_source, optimizer=opt, measure_flops=False, linear_ce="off"))
-    assert m1._linear_ce == "chunked" and type(m1.model.lm_head).__name__ == "LinearCELinear"
+    default, m1 = _fit_losses(cls(model=tied_source, optimizer=opt, measure_flops=False, **extra))
+    plain, _ = _fit_losses(cls(model=tied_source, optimizer=opt, measure_flops=False, linear_ce="off", **extra))
+    assert m1._linear_ce == "chunked" and is_linear_ce_enabled(m1.model)
     assert default == pytest.approx(plain, rel=1e-5, abs=1e-6)
     assert default[0] != default[-1]
 
