@@ -32,8 +32,8 @@ def _module(method: str, arch: str, layers: str, lora_rank: int, gradient_checkp
     from elo_lightning.modules import AlignmentModule, DetachedLayerModule, FreezeTuningModule, LoRAModule
     from elo_lightning.optim import OptimizerConfig
 
-    common = dict(model=arch, tokenizer=tokenizer, optimizer=OptimizerConfig(), gradient_checkpointing=gradient_checkpointing,
-                  **speed)
+    common = dict(model=arch, tokenizer=tokenizer, optimizer=OptimizerConfig(),
+                  gradient_checkpointing=gradient_checkpointing, **speed)
     if method == "elo":
         return DetachedLayerModule(layers=layers, **common)
     if method == "freeze":
@@ -86,7 +86,8 @@ def worker(
         limit_val_batches=0,
         num_sanity_val_steps=0,
         enable_model_summary=False,
-        callbacks=[ThroughputLogger(output_dir=output, warmup_steps=warmup, peak_flops_per_device=peak_flops_per_device)],
+        callbacks=[ThroughputLogger(output_dir=output, warmup_steps=warmup,
+                                    peak_flops_per_device=peak_flops_per_device)],
     )
     trainer.fit(module, datamodule=dm)
     summary = json.loads((Path(output) / "summary.json").read_text())
