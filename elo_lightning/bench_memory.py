@@ -128,7 +128,7 @@ def linear_ce_memory(
     steps: int = 2,
 ) -> dict:
     """Peak RSS of an ELO step per (seq_len, loss), one fresh process each; writes results.json, memory.png and
-    README.md's table (memory.md) into ``output``.
+    its table (memory.md) into ``output``.
 
     Args:
         output: results directory.
