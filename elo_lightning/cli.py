@@ -11,7 +11,7 @@ import sys
 
 from jsonargparse import auto_cli
 
-from elo_lightning.bench import bench, figure_cmd, from_runs
+from elo_lightning.bench import bench, figure_cmd, from_runs, linear_ce_memory
 from elo_lightning.chat_vector import chat_vector_cmd
 from elo_lightning.checkpoint import consolidate_cmd
 from elo_lightning.errors import ELOError
@@ -34,6 +34,7 @@ COMMANDS = {
     "bench": bench,
     "bench-from-runs": from_runs,
     "figure": figure_cmd,
+    "bench-memory": linear_ce_memory,
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from elo_lightning.bench_memory import memory_point, table
+from elo_lightning.bench.memory import memory_point, table
 
 
 def test_points_compare_the_losses_and_the_table_has_their_ratio():

@@ -7,7 +7,7 @@ on random tokens. Recorded: the peak RSS over the steps (Linux: VmHWM reset afte
 ``/proc/self/clear_refs``; the build of the full source model, which is then cut, has its own peak, recorded
 apart), the RSS after the build (imports + weights) and the difference, the step's own memory.
 
-    python -m elo_lightning.bench_memory --output docs/bench/cpu-linear-ce-memory
+    python -m elo_lightning.bench.memory --output docs/bench/cpu-linear-ce-memory
 
 Meant to move into the bench package as ``elo bench-memory`` (``linear_ce_memory`` is the entry point).
 """
@@ -153,7 +153,7 @@ def linear_ce_memory(
     points = []
     for seq in seqs:
         for kind in kinds:
-            cmd = [sys.executable, "-m", "elo_lightning.bench_memory", "point", "--arch", arch, "--seq_len", str(seq),
+            cmd = [sys.executable, "-m", "elo_lightning.bench.memory", "point", "--arch", arch, "--seq_len", str(seq),
                    "--linear_ce", kind, "--batch_size", str(batch_size), "--layers", layers, "--steps", str(steps)]
             if vocab_size is not None:
                 cmd += ["--vocab_size", str(vocab_size)]
