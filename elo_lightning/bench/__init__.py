@@ -1,5 +1,6 @@
 """The benchmark floor: ``elo bench`` (run.py), ``elo bench-from-runs`` (runs.py), their shared tail (report.py) and
-the speedup figure (figure.py, ``elo figure``) and the loss-memory table (memory.py, ``elo bench-memory``). Nothing below this package imports it."""
+the speedup figure (figure.py, ``elo figure``) and the loss-memory table (memory.py, ``elo bench-memory``).
+Nothing below this package imports it."""
 
 from elo_lightning.bench.figure import figure_cmd, make_figure
 from elo_lightning.bench.memory import linear_ce_memory
