@@ -74,5 +74,6 @@ class DetachedLayerModule(CausalLMModule):
         """A detached checkpoint: HF directory + ``elo_manifest.json`` that ``attach`` checks against the source."""
         meta = stage_manifest(self, layers_1based=self.manifest.layers_1based)
         return export_hf(
-            self.model, output_dir, meta, tokenizer=self.tokenizer(), extra_json={MANIFEST: self.manifest.to_json()}
+            self.model, output_dir, meta, tokenizer=self.tokenizer(),
+            extra_json={MANIFEST: self.manifest.to_json(), **self.data_exports()}
         )
