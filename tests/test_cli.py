@@ -67,16 +67,19 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, argv, message):
 
 
 def test_fit_elo_then_align_through_the_shipped_configs(tmp_path):
-    """`elo fit` with configs/elo.yaml, then configs/align.yaml on its export: the whole CLI path, a few steps."""
+    """`elo fit` with configs/cpu/elo.yaml, then configs/cpu/align.yaml on its export: the whole CLI path, a few steps."""
     # 7 steps: the CPU trainer config's ThroughputLogger excludes 5 warm-up steps
     short = ["--trainer.max_steps", "7", "--trainer.val_check_interval", "7", "--trainer.limit_val_batches", "1",
              "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), "--data.init_args.batch_size", "2"]
-    main(["fit", "--config", "configs/elo.yaml", *short, "--trainer.logger.init_args.name", "elo",
+    main(["fit", "--config", "configs/cpu/elo.yaml", *short, "--trainer.logger.init_args.name", "elo",
           "--model.init_args.export_dir", str(tmp_path / "elo")])
     manifest = json.loads((tmp_path / "elo" / "elo_manifest.json").read_text())
     assert manifest["layers"] == [0, 7]  # stored 0-based: λ = {1, 8} of 8
-    main(["fit", "--config", "configs/align.yaml", *short, "--trainer.logger.init_args.name", "align",
-          "--model.init_args.detached", str(tmp_path / "elo"), "--model.init_args.export_dir", str(tmp_path / "align")])
+    stream = json.loads((tmp_path / "elo" / "stream_state.json").read_text())  # where alignment continues
+    assert stream["streams"] and stream["mix_by"] == "bytes"
+    main(["fit", "--config", "configs/cpu/align.yaml", *short, "--trainer.logger.init_args.name", "align",
+          "--model.init_args.detached", str(tmp_path / "elo"), "--model.init_args.export_dir", str(tmp_path / "align"),
+          "--data.init_args.start_after", str(tmp_path / "elo")])
     aligned = AutoModelForCausalLM.from_pretrained(tmp_path / "align")
     assert aligned.config.num_hidden_layers == 8
     for stage in ("elo", "align"):  # throughput summary next to the TensorBoard events of each run
