@@ -31,7 +31,7 @@ def real_model_section() -> str:
 def readme_fit_commands() -> list[list[str]]:
     """`elo fit` lines of the section's shell blocks, continuations joined and shell variables substituted."""
     commands, env = [], {}
-    for block in re.findall(r"```sh\n(.*?)```", real_model_section(), re.S):
+    for block in re.findall(r"```sh\n(.*?)```", real_model_section(), re.DOTALL):
         for line in block.replace("\\\n", " ").splitlines():
             line = line.split(" #")[0].strip()
             if m := re.fullmatch(r"([A-Z_]+)=(\S+)", line):
@@ -47,7 +47,7 @@ def test_the_readme_uses_the_paper_set_only():
     section = real_model_section()
     for cpu_only in ("configs/cpu", "tiny-llama", "1e-3", "1.0e-3", "data/sample"):
         assert cpu_only not in section, cpu_only
-    for block in re.findall(r"```sh\n(.*?)```", section, re.S):
+    for block in re.findall(r"```sh\n(.*?)```", section, re.DOTALL):
         for cpu_only in ("--trainer.max_steps", "seq_len 128", "batch_size 8"):
             assert cpu_only not in block, cpu_only
     commands = readme_fit_commands()

@@ -70,7 +70,6 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from elo_lightning.data.budget import BudgetPlan, parse_budget, plan_budget
-
 from elo_lightning.data.sources import (
     HubSpec,
     ShardReader,
@@ -209,7 +208,7 @@ def _encode(tokenizer, text: str, bos: int | None, eos: int) -> list[int]:
 class _Mixer:
     """One stream's documents in mixing order: per-language readers, counts in every unit, the deficit rule."""
 
-    def __init__(self, stream: "_PackedStream", sid: int, state: dict | None):
+    def __init__(self, stream: _PackedStream, sid: int, state: dict | None):
         state = state or {}
         cursors = state.get("cursors", {})
         last = stream.last_epochs
@@ -659,7 +658,7 @@ class BilingualDataModule(L.LightningDataModule):
     def state_dict(self) -> dict:
         streams = {str(k): v for k, v in self._streams.items()}
         next_role = {str(k): v for k, v in self._next_role.items()}
-        rank, world = _dist_info()
+        _, world = _dist_info()
         if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             gathered: list = [None] * world
             torch.distributed.all_gather_object(gathered, (streams, next_role))

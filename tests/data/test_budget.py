@@ -42,8 +42,7 @@ def _known_stream(tmp_path, tokenizer, copies=50):
     text = "The quick brown fox jumps over the lazy dog, again and again; 한국어 문장도 조금 섞어 둡니다."
     (tmp_path / "en").mkdir()
     with open(tmp_path / "en" / "train-0.jsonl", "w", encoding="utf-8") as f:
-        for _ in range(copies):
-            f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+        f.writelines(json.dumps({"text": text}, ensure_ascii=False) + "\n" for _ in range(copies))
     ntok = len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1  # + </s>
     return str(tmp_path / "en" / "train-*.jsonl"), len(text.encode("utf-8")) / ntok
 

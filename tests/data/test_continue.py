@@ -114,7 +114,7 @@ def test_continuation_running_out_of_unseen_text_raises(tmp_path, tokenizer):
         _trained_docs(align, 40, tokenizer)
 
 
-@pytest.mark.parametrize("change,match", [(dict(seed=7), "seed"), (dict(shuffle_shards=False), "shuffle_shards")])
+@pytest.mark.parametrize("change,match", [({"seed": 7}, "seed"), ({"shuffle_shards": False}, "shuffle_shards")])
 def test_continuing_with_another_shard_order_raises(tmp_path, tokenizer, change, match):
     globs = {"en": _shards(tmp_path, "en", 2, 20), "ko": _shards(tmp_path, "ko", 3, 20)}
     elo = _dm(globs, {"en": 1.0, "ko": 1.0})
