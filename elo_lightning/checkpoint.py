@@ -33,7 +33,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import ModelParallelStrategy
 
 from elo_lightning.errors import ELOError
-from elo_lightning.io import write_json_atomic
+from elo_lightning.io import read_json, write_json_atomic
 
 MARKER = "elo_checkpoint.json"
 
@@ -178,7 +178,7 @@ def read_dcp_model_state(checkpoint_dir: str | Path, template: dict[str, torch.T
 def _module_from_checkpoint(checkpoint_dir: Path, model_source: str | None):
     check_complete(checkpoint_dir)
     meta = torch.load(checkpoint_dir / META, map_location="cpu", weights_only=False)
-    info = meta.get("elo_stage") or json.loads((checkpoint_dir / MARKER).read_text())
+    info = meta.get("elo_stage") or read_json(checkpoint_dir / MARKER, "checkpoint completion marker")
     hparams = dict(meta.get("hyper_parameters") or {})
     if not info or "class_path" not in info:
         raise ELOError(f"{checkpoint_dir}: no stage class recorded; was it saved by AtomicModelParallelStrategy?")
@@ -210,3 +210,14 @@ def consolidate(checkpoint_dir: str | Path, model_source: str | Path | None, out
     for key, value in loaded.items():
         own[key[len("model."):]].copy_(value)
     return module.export(output_dir)
+
+
+def consolidate_cmd(checkpoint_dir: str, output_dir: str, model_source: str | None = None) -> None:
+    """Turn a sharded (FSDP2/DCP) training checkpoint into the stage's plain HF export, exact weights.
+
+    Args:
+        checkpoint_dir: a complete sharded checkpoint directory (has elo_checkpoint.json).
+        output_dir: HF directory to write.
+        model_source: the stage's model argument, if it moved since training.
+    """
+    print(f"consolidated -> {consolidate(checkpoint_dir, model_source, output_dir)}")

@@ -38,7 +38,8 @@ Training stream (``_PackedStream``, an IterableDataset)
 * **Exact resume without replay.** A stream's state is small JSON: per language a cursor
   ``{"epoch", "shard", "pos", "doc"}`` (shard index in that epoch's order, byte offset of the next line for
   jsonl/txt or row index for parquet, next document counter), the amount taken per language in every unit
-  (``counts``: bytes, tokens, documents), and the carry-over ``{"lang", "at": <cursor of the document being split>, "offset": <tokens of it already used>}``.
+  (``counts``: bytes, tokens, documents), and the carry-over
+  ``{"lang", "at": <cursor of the document being split>, "offset": <tokens of it already used>}``.
   Every sample carries the state *after* it; ``on_before_batch_transfer`` (called by Lightning only for the
   batch about to be trained, not for prefetched ones) pops those keys and records the latest state per stream
   and which worker's batch comes next (DataLoader workers yield round-robin). ``state_dict()`` returns them
@@ -49,7 +50,7 @@ Training stream (``_PackedStream``, an IterableDataset)
 
 Validation: one map-style dataset per language with ``valid`` files: its first ``val_max_sequences`` packed
 sequences, read in file order (no shuffling, no mixing); ``val_dataloader()`` returns one DataLoader per
-language in ``val_languages`` order.
+language in ``val_languages`` order, and every validation batch carries its ``language``.
 """
 
 from __future__ import annotations
@@ -60,14 +61,15 @@ import math
 import random
 import warnings
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 
 from elo_lightning.data.budget import BudgetPlan, parse_budget, plan_budget
 from elo_lightning.data.sources import (
@@ -78,6 +80,7 @@ from elo_lightning.data.sources import (
     iter_hub_records,
     resolve_entries,
 )
+from elo_lightning.dist import rank_and_world
 from elo_lightning.errors import ELOError
 
 STATE_VERSION = 2  # 2: counts in bytes, tokens and documents (1 had tokens only)
@@ -91,7 +94,8 @@ class LanguageSource:
 
     ``train``/``valid``: local globs/paths (.jsonl/.json lines, .txt one document per line, .parquet, or a
     folder of those) or ONE hub dataset id ``hf://org/name[:config][@split]`` / ``org/name:config``.
-    ``weight``: mixing ratio in the datamodule's ``mix_by`` unit (normalised over languages). ``text_field``: JSON key / parquet column.
+    ``weight``: mixing ratio in the datamodule's ``mix_by`` unit (normalised over languages).
+    ``text_field``: JSON key / parquet column.
     """
 
     name: str
@@ -103,11 +107,7 @@ class LanguageSource:
 
 # --- distributed / worker info (module-level so tests can monkeypatch them) ------------------------------
 
-def _dist_info() -> tuple[int, int]:
-    """(global_rank, world_size) from torch.distributed if initialized, else (0, 1)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+_dist_info = rank_and_world  # module-level name: tests simulate other ranks by patching it
 
 
 def _worker_info() -> tuple[int, int]:
@@ -291,13 +291,13 @@ class _PackedStream(IterableDataset):
         if carry:
             i = self.names.index(carry["lang"])
             cur = [i, carry["at"], self.encode(mixer.readers[i].text_at(carry["at"])), carry["offset"]]
-        L = self.seq_len
+        seq_len = self.seq_len
         while True:
             seq: list[int] = []
-            while len(seq) < L:
+            while len(seq) < seq_len:
                 if cur is None:
                     cur = [*mixer.next(), 0]
-                take = min(L - len(seq), len(cur[2]) - cur[3])
+                take = min(seq_len - len(seq), len(cur[2]) - cur[3])
                 seq.extend(cur[2][cur[3]:cur[3] + take])
                 cur[3] += take
                 if cur[3] == len(cur[2]):
@@ -314,6 +314,7 @@ class _PackedValid(Dataset):
 
     def __init__(self, tokenizer, name: str, shards: list | HubSpec, text_field: str, seq_len: int,
                  add_bos: bool, max_sequences: int | None):
+        self.name = name
         bos = tokenizer.bos_token_id if add_bos else None
         reader = ShardReader(text_field)
         shard_list = [shards] if isinstance(shards, HubSpec) else shards
@@ -346,10 +347,16 @@ class _PackedValid(Dataset):
         return {"input_ids": self.sequences[i], "labels": self.sequences[i].clone()}
 
 
+def collate_with_language(items: list[dict], language: str) -> dict:
+    """Default collation, plus the language the batch belongs to (validation is logged by it)."""
+    return {**default_collate(items), "language": language}
+
+
 # --- the datamodule ---------------------------------------------------------------------------------------
 
 class BilingualDataModule(L.LightningDataModule):
-    """Mixed, packed pre-training data over several languages (e.g. en:ko = 1:9 in bytes, the paper's).
+    """Mixed, packed pre-training data over any number of languages (e.g. en:ko = 1:9 in bytes, the paper's;
+    the name is historical: one, two or more languages all work).
 
     Args:
         tokenizer: path or id given to ``AutoTokenizer.from_pretrained`` (e.g. ``configs/tokenizer``).
@@ -398,6 +405,17 @@ class BilingualDataModule(L.LightningDataModule):
         self.budget_plan: BudgetPlan | None = None
         self._shares_logged_at = -1
 
+    @classmethod
+    def from_folder(cls, folder: str | Path, weights: dict[str, float], tokenizer: str,
+                    **kwargs) -> BilingualDataModule:
+        """Languages laid out as ``<folder>/<lang>/train-*.jsonl`` and ``<folder>/<lang>/valid.jsonl`` (the shipped
+        sample), mixed by ``weights``; ``kwargs`` go to the constructor."""
+        folder = Path(folder)
+        languages = [LanguageSource(name=lang, train=[str(folder / lang / "train-*.jsonl")],
+                                    valid=[str(folder / lang / "valid.jsonl")], weight=w)
+                     for lang, w in weights.items()]
+        return cls(tokenizer=tokenizer, languages=languages, **kwargs)
+
     # -- checks --------------------------------------------------------------------------------------------
     def _check_arguments(self) -> None:
         if not self.languages:
@@ -413,7 +431,8 @@ class BilingualDataModule(L.LightningDataModule):
             if not isinstance(w, (int, float)) or math.isnan(w) or math.isinf(w) or w < 0:
                 raise ELOError(f"language {lang.name!r}: weight must be a finite number >= 0, got {w!r}")
         if sum(lang.weight for lang in self.languages) <= 0:
-            raise ELOError(f"BilingualDataModule: language weights sum to zero ({ {n: l.weight for n, l in zip(names, self.languages)} })")
+            weights = {lang.name: lang.weight for lang in self.languages}
+            raise ELOError(f"BilingualDataModule: language weights sum to zero ({weights})")
         if self.seq_len < 2:
             raise ELOError(f"BilingualDataModule: seq_len must be >= 2, got {self.seq_len}")
         if self.batch_size < 1 or self.val_batch_size < 1:
@@ -598,7 +617,8 @@ class BilingualDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> list[DataLoader]:
         return [DataLoader(ds, batch_size=self.val_batch_size, shuffle=False, num_workers=self.num_workers,
-                           pin_memory=self.pin_memory) for ds in self._build_val_sets()]
+                           pin_memory=self.pin_memory, collate_fn=partial(collate_with_language, language=ds.name))
+                for ds in self._build_val_sets()]
 
     # -- resume --------------------------------------------------------------------------------------------
     def on_before_batch_transfer(self, batch, dataloader_idx: int = 0):
@@ -731,12 +751,6 @@ class BilingualDataModule(L.LightningDataModule):
         """Files a stage writes beside its export: ``stream_state.json`` (the position after the last trained
         batch, for ``start_after``). Collective under distributed training: every rank must call it."""
         return {STREAM_STATE: self.state_dict()}
-
-    def describe(self) -> dict:
-        """Plain summary for logs."""
-        return {"languages": [asdict(lang) for lang in self.languages], "weights": self.weights,
-                "mix_by": self.mix_by, "budget": self.budget, "start_after": self.start_after,
-                "seq_len": self.seq_len, "num_streams": self.num_streams}
 
 
 # --- continuing another run's stream (start_after) --------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Mixing follows the weights in the chosen unit (bytes, tokens, documents); packing is exact (fixed length, documents + EOS in order)."""
+"""Mixing follows the weights in the chosen unit (bytes, tokens, documents); packing is exact (fixed length,
+documents + EOS in order)."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def test_achieved_shares_in_every_unit(make_dm):
 
 def test_zero_weight_language_is_never_read(make_dm):
     dm = make_dm({"en": 0.0, "ko": 1.0})
-    for _, st in _states(dm.train_dataset().iterate(0), 300):
+    for _, st in _states(dm.train_dataset().iterate(0), 300):  # noqa: B007 - the last state is checked
         pass
     assert all(st["counts"][u]["en"] == 0 for u in ("bytes", "tokens", "documents"))
     assert st["cursors"]["en"]["doc"] == 0
