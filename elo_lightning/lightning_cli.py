@@ -5,11 +5,17 @@ from __future__ import annotations
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
+from elo_lightning.resume import ResumeCLIMixin
+
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 
 
-class ELOLightningCLI(LightningCLI):
-    """``elo fit --config configs/paper/elo.yaml``: any stage module with any of our datamodules."""
+class ELOLightningCLI(ResumeCLIMixin, LightningCLI):
+    """``elo fit --config configs/paper/elo.yaml``: any stage module with any of our datamodules.
+
+    ``--ckpt_path`` (``last`` = the newest ``last.ckpt`` across the run's log versions) resumes with the arguments
+    given, checked against the checkpoint's: see ``elo_lightning.resume``.
+    """
 
     def add_arguments_to_parser(self, parser) -> None:
         # The model must be trained (and exported) with the tokenizer that made its data.
