@@ -13,7 +13,7 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test")
 
 
 class ELOLightningCLI(ResumeCLIMixin, LightningCLI):
-    """``elo fit --config configs/elo.yaml``: any stage module with any of our datamodules.
+    """``elo fit --config configs/paper/elo.yaml``: any stage module with any of our datamodules.
 
     ``--ckpt_path`` (``last`` = the newest ``last.ckpt`` across the run's log versions) resumes with the arguments
     given, checked against the checkpoint's: see ``elo_lightning.resume``.

@@ -1,11 +1,13 @@
 """The whole ELO method on the embedded default, offline, in minutes on a CPU.
 
 base (a tiny Llama pretrained here on English only: the stand-in for an English-centric LLM)
-  -> ELO pretraining of λ on en:ko = 1:9 -> attach + alignment (full fine-tuning)
-  vs the FFT baseline on the same data for the same number of steps;
+  -> ELO pretraining of λ on en:ko = 1:9 (by bytes) -> attach + alignment (full fine-tuning) on the text after
+  ELO's (start_after), vs the FFT baseline on the same stream for the same number of steps;
   instruct = base + English chat SFT (the stand-in for the vendor's instruct model)
-  -> chat vector (instruct - base) added to the ELO-aligned model -> bilingual SFT (ko:en = 1:1)
-  -> per-language held-out perplexity / bits-per-byte and two tiny lm-eval tasks, as a table and results.json.
+  -> for BOTH arms: chat vector (instruct - base) -> bilingual SFT (ko:en = 1:1), so the table compares finished
+  models (elo_sft vs fft_sft) as the paper's Table 2 does
+  -> per-language held-out perplexity / bits-per-byte and two tiny lm-eval tasks, as a table and results.json
+  (which also records how each run was trained: strategy, precision, optimizer, activation checkpointing).
 Learning rates are the tiny model's (1e-3), not the paper's 5e-6 for 8B models.
 """
 
@@ -30,7 +32,9 @@ from elo_lightning.modules import STAGES
 from elo_lightning.optim import OptimizerConfig
 
 SAMPLE = Path("data/sample")
-MODELS = ("base", "elo_aligned", "fft", "sft")  # the models the table compares
+# the models the table compares: continual pretraining (ELO + alignment vs FFT), then the finished models, each
+# given the same chat vector and bilingual SFT (the paper's Table 2 compares finished models)
+MODELS = ("base", "elo_aligned", "fft", "elo_sft", "fft_sft")
 
 
 @dataclass
@@ -46,12 +50,13 @@ class _Run:
     seed: int
     accelerator: str
     optimizer: OptimizerConfig
+    steps_sft: int = 0
     times: dict[str, float] = field(default_factory=dict)  # wall seconds of each training run
     throughput: dict[str, dict] = field(default_factory=dict)  # its ThroughputLogger summary
 
-    def pretrain_data(self, weights: dict[str, float], seed: int) -> BilingualDataModule:
+    def pretrain_data(self, weights: dict[str, float], seed: int, **kwargs) -> BilingualDataModule:
         return BilingualDataModule.from_folder(self.data / "pretrain", weights, self.tokenizer, seq_len=self.seq_len,
-                                               batch_size=self.batch_size, seed=seed, val_max_sequences=32)
+                                               batch_size=self.batch_size, seed=seed, val_max_sequences=32, **kwargs)
 
     def chat_data(self, weights: dict[str, float]) -> SFTDataModule:
         return SFTDataModule(tokenizer=self.tokenizer, files=[str(self.data / "sft" / "conversations.jsonl")],
@@ -68,6 +73,12 @@ class _Run:
         _trainer(self.out, name, steps, self.accelerator, throughput).fit(module, datamodule=data)
         self.times[name] = time.perf_counter() - start
         self.throughput[name] = throughput.summary
+
+    def finish(self, name: str, aligned: str) -> None:
+        """Chat vector (instruct - base) added to ``aligned``, then bilingual SFT: ``<name>_chat_vector``, ``_sft``."""
+        out, vector = self.out, self.out / f"{name}_chat_vector"
+        apply_chat_vector(str(out / "base"), str(out / "instruct"), str(out / aligned), str(vector), overwrite=True)
+        self.train(f"{name}_sft", "sft", str(vector), self.chat_data({self.target: 1.0, "en": 1.0}), self.steps_sft)
 
 
 def _trainer(output: Path, name: str, max_steps: int, accelerator: str, throughput: ThroughputLogger) -> L.Trainer:
@@ -86,19 +97,19 @@ def _trainer(output: Path, name: str, max_steps: int, accelerator: str, throughp
 
 
 def _train_all(run: _Run, config: str, layers: str, steps: dict[str, int]) -> None:
-    """base -> ELO -> align, the FFT baseline, the English instruct stand-in, chat vector, bilingual SFT."""
+    """base -> ELO -> align (on the text after ELO's), the FFT baseline on the same stream, the English instruct
+    stand-in, then chat vector + bilingual SFT for both arms."""
     out, target, seed = run.out, run.target, run.seed
+    mix = {"en": 1.0, target: 9.0}
     init_cmd(config, str(out / "init"), tokenizer=run.tokenizer, seed=seed)
     run.train("base", "fft", str(out / "init"), run.pretrain_data({"en": 1.0}, seed + 1), steps["base"])
-    run.train("elo", "elo", str(out / "base"), run.pretrain_data({"en": 1.0, target: 9.0}, seed), steps["elo"],
-              layers=layers)
-    run.train("align", "align", str(out / "base"), run.pretrain_data({"en": 1.0, target: 9.0}, seed + 2),
+    run.train("elo", "elo", str(out / "base"), run.pretrain_data(mix, seed), steps["elo"], layers=layers)
+    run.train("align", "align", str(out / "base"), run.pretrain_data(mix, seed, start_after=str(out / "elo")),
               steps["align"], detached=str(out / "elo"), export="elo_aligned")
-    run.train("fft", "fft", str(out / "base"), run.pretrain_data({"en": 1.0, target: 9.0}, seed), steps["fft"])
+    run.train("fft", "fft", str(out / "base"), run.pretrain_data(mix, seed), steps["fft"])
     run.train("instruct", "sft", str(out / "base"), run.chat_data({"en": 1.0}), steps["instruct"])
-    apply_chat_vector(str(out / "base"), str(out / "instruct"), str(out / "elo_aligned"), str(out / "chat_vector"),
-                      overwrite=True)
-    run.train("sft", "sft", str(out / "chat_vector"), run.chat_data({target: 1.0, "en": 1.0}), steps["sft"])
+    run.finish("elo", "elo_aligned")
+    run.finish("fft", "fft")
 
 
 def _evaluate(run: _Run, eval_tasks: str | None) -> dict[str, dict]:
@@ -147,7 +158,7 @@ def pipeline(
         base_steps: English-only pretraining steps that make the base model.
         elo_steps: ELO pretraining steps (the FFT baseline gets elo_steps + align_steps).
         align_steps: alignment (full fine-tuning) steps after attaching.
-        sft_steps: steps of each SFT run (English instruct stand-in; bilingual SFT after the chat vector).
+        sft_steps: steps of each SFT run (English instruct stand-in; each arm's bilingual SFT after its chat vector).
         eval_tasks: folder of local lm-eval task YAMLs run on every model (None: perplexity only).
         lr: peak learning rate for every stage (cosine, 8-bit AdamW).
         seed: seed for init and data order.
@@ -157,9 +168,10 @@ def pipeline(
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     run = _Run(out=out, data=Path(data), tokenizer=tokenizer, target=target, seq_len=seq_len, batch_size=batch_size,
-               seed=seed, accelerator=accelerator, optimizer=OptimizerConfig(lr=lr, warmup_steps=10, min_lr_ratio=0.1))
+               seed=seed, accelerator=accelerator, optimizer=OptimizerConfig(lr=lr, warmup_steps=10, min_lr_ratio=0.1),
+               steps_sft=sft_steps)
     steps = {"base": base_steps, "elo": elo_steps, "align": align_steps, "fft": elo_steps + align_steps,
-             "instruct": sft_steps, "sft": sft_steps}
+             "instruct": sft_steps, "elo_sft": sft_steps, "fft_sft": sft_steps}
     wall = time.perf_counter()
     _train_all(run, config, layers, steps)
     models = _evaluate(run, eval_tasks)
@@ -170,6 +182,7 @@ def pipeline(
         "tokens_per_step": seq_len * batch_size,
         "train_seconds": {k: round(v, 1) for k, v in run.times.items()},
         "tokens_per_s": {k: round(summary["tokens_per_s"]) for k, summary in run.throughput.items()},
+        "settings": {k: summary.get("settings") for k, summary in run.throughput.items()},
         "wall_seconds": round(time.perf_counter() - wall, 1),
         "models": {name: m["perplexity"] for name, m in models.items()},
         "lm_eval": {name: m.get("lm_eval", {}) for name, m in models.items()},

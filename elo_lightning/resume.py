@@ -1,7 +1,7 @@
 """Resuming a run from the command line: what was given is compared with what the checkpoint was trained with.
 
 LightningCLI's own ``--ckpt_path`` handling replaces the model arguments on the command line with those saved in the
-checkpoint, silently: a new ``export_dir``, learning rate or λ is dropped, ``--config configs/align.yaml`` with an ELO
+checkpoint, silently: a new ``export_dir``, learning rate or λ is dropped, ``--config align.yaml`` with an ELO
 checkpoint runs ELO again, and a model folder that moved cannot be resumed. ``ELOLightningCLI`` uses this module
 instead:
 

@@ -71,16 +71,19 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, argv, message):
 
 
 def test_fit_elo_then_align_through_the_shipped_configs(tmp_path):
-    """`elo fit` with configs/elo.yaml, then configs/align.yaml on its export: the whole CLI path, a few steps."""
+    """`elo fit` with configs/cpu/elo.yaml, then configs/cpu/align.yaml on its export: the CLI path, a few steps."""
     # 7 steps: the CPU trainer config's ThroughputLogger excludes 5 warm-up steps
     short = ["--trainer.max_steps", "7", "--trainer.val_check_interval", "7", "--trainer.limit_val_batches", "1",
              "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"), "--data.init_args.batch_size", "2"]
-    main(["fit", "--config", "configs/elo.yaml", *short, "--trainer.logger.init_args.name", "elo",
+    main(["fit", "--config", "configs/cpu/elo.yaml", *short, "--trainer.logger.init_args.name", "elo",
           "--model.init_args.export_dir", str(tmp_path / "elo")])
     manifest = json.loads((tmp_path / "elo" / "elo_manifest.json").read_text())
     assert manifest["layers"] == [0, 7]  # stored 0-based: λ = {1, 8} of 8
-    main(["fit", "--config", "configs/align.yaml", *short, "--trainer.logger.init_args.name", "align",
-          "--model.init_args.detached", str(tmp_path / "elo"), "--model.init_args.export_dir", str(tmp_path / "align")])
+    stream = json.loads((tmp_path / "elo" / "stream_state.json").read_text())  # where alignment continues
+    assert stream["streams"] and stream["mix_by"] == "bytes"
+    main(["fit", "--config", "configs/cpu/align.yaml", *short, "--trainer.logger.init_args.name", "align",
+          "--model.init_args.detached", str(tmp_path / "elo"), "--model.init_args.export_dir", str(tmp_path / "align"),
+          "--data.init_args.start_after", str(tmp_path / "elo")])
     aligned = AutoModelForCausalLM.from_pretrained(tmp_path / "align")
     assert aligned.config.num_hidden_layers == 8
     for stage in ("elo", "align"):  # throughput summary next to the TensorBoard events of each run
@@ -168,7 +171,7 @@ def test_overwrite_replaces_a_foreign_folder_and_reruns_replace_their_own_output
 
 # -- every shipped stage config runs through `elo fit` ---------------------------------------------------------------
 
-CPU_STAGE_CONFIGS = [p for p in STAGE_CONFIGS if "8xh100" not in p.parts]  # 8xh100: 8 GPUs (they parse above)
+CPU_STAGE_CONFIGS = [p for p in STAGE_CONFIGS if "cpu" in p.parts]  # paper, 8xh100: GPUs (they parse above)
 
 
 @pytest.fixture(scope="module")
@@ -189,6 +192,8 @@ def test_every_stage_config_trains_two_steps_through_elo_fit(config, tmp_path, d
         args += ["--model.init_args.model", TINY]
     if "detached" in model_args:
         args += ["--model.init_args.detached", str(detached_tiny)]
+    if "start_after:" in config.read_text():
+        args += ["--data.init_args.start_after", "null"]  # `elo detach` writes no stream state (ELO's export does)
     main(args)
     assert json.loads((tmp_path / "export" / "elo_export.json").read_text())["global_step"] == 2
 
@@ -198,13 +203,13 @@ def test_every_stage_config_trains_two_steps_through_elo_fit(config, tmp_path, d
 def _elo_fit(tmp_path, *extra, steps=4):
     trainer = tmp_path / "trainer.yaml"
     if not trainer.exists():  # the shipped CPU trainer, a checkpoint every 2 steps
-        cfg = yaml.safe_load(Path("configs/trainer/cpu.yaml").read_text())
+        cfg = yaml.safe_load(Path("configs/cpu/trainer.yaml").read_text())
         for cb in cfg["callbacks"]:
             if cb["class_path"].endswith("ModelCheckpoint"):
                 cb["init_args"]["every_n_train_steps"] = 2
         cfg["logger"]["init_args"].update(save_dir=str(tmp_path / "runs"), name="elo")
         trainer.write_text(yaml.safe_dump(cfg))
-    main(["fit", "--config", "configs/elo.yaml", "--trainer", str(trainer), "--trainer.max_steps", str(steps),
+    main(["fit", "--config", "configs/cpu/elo.yaml", "--trainer", str(trainer), "--trainer.max_steps", str(steps),
           "--trainer.val_check_interval", "2", "--trainer.limit_val_batches", "1", "--data.init_args.batch_size", "2",
           *extra])
 
@@ -231,7 +236,7 @@ def test_resume_last_takes_new_paths_and_refuses_changes_of_the_trained_function
 def test_resume_with_another_stage_config_is_refused(tmp_path, capsys):
     _elo_fit(tmp_path, "--model.init_args.export_dir", "null", steps=2)
     (ckpt,) = (tmp_path / "runs").rglob("last.ckpt")
-    last = _refused(capsys, ["fit", "--config", "configs/align.yaml", "--ckpt_path", str(ckpt),
+    last = _refused(capsys, ["fit", "--config", "configs/cpu/align.yaml", "--ckpt_path", str(ckpt),
                              "--trainer.logger.init_args.save_dir", str(tmp_path / "runs2"),
                              "--model.init_args.export_dir", str(tmp_path / "align")], "model.class_path")
     assert "DetachedLayerModule" in last and not (tmp_path / "align").exists()

@@ -53,7 +53,17 @@ def method_entry(summary: dict, seq_len: int) -> dict:
         "computed_params": summary.get("total_params"),
         "batch_size": round(summary["tokens_per_step"] / (seq_len * summary["world_size"])),
         "device_name": summary.get("device_name"),
+        **{key: (summary.get("settings") or {}).get(key) for key in SETTINGS},
     }
+
+
+SETTINGS = ("strategy", "activation_checkpointing", "optimizer", "precision")  # how each method was timed
+
+
+def settings_differ(methods: dict[str, dict]) -> dict[str, dict[str, Any]]:
+    """The settings (of ``SETTINGS``) in which the timed methods differ: ``{setting: {method: value}}``."""
+    return {key: {m: e.get(key) for m, e in methods.items()}
+            for key in SETTINGS if len({repr(e.get(key)) for e in methods.values()}) > 1}
 
 
 def write_run_config(run_dir: Path, module, datamodule) -> None:
@@ -92,6 +102,7 @@ def finish(report: dict, out: Path, shape: BenchShape, best_batch: bool = False)
                                           seq_len=report["seq_len"], lora_rank=shape.lora_rank)
         for m in BENCH_METHODS
     }
+    report["settings_differ"] = settings_differ(report["methods"])
     write_json_atomic(out / "results.json", report)
     make_figure(out / "results.json", out)
     if best_batch:
@@ -102,6 +113,9 @@ def finish(report: dict, out: Path, shape: BenchShape, best_batch: bool = False)
 
 def print_ratios(report: dict) -> None:
     m, a = report["methods"], report["analytic_flops_per_token"]
+    if differ := report.get("settings_differ"):
+        print("[bench] methods were timed under different settings: " + "; ".join(
+            f"{key} " + ", ".join(f"{meth}={value}" for meth, value in per.items()) for key, per in differ.items()))
     if "elo" not in m:
         return
     for other in (s for s in BENCH_METHODS if s != "elo" and s in m):

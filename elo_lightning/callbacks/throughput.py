@@ -28,7 +28,8 @@ Lightning's :class:`~lightning.fabric.utilities.throughput.Throughput` under ``t
      "tokens_per_s"  (total tokens / total time over measured steps, global),
      "samples_per_s", "step_time_s" (mean), "step_time_s_median", "tokens_per_step",
      "flops_per_step", "tflops_per_s" (total / total), "mfu" (or null), "peak_mem_gb" (max), "peak_flops_per_device",
-     "trainable_params", "total_params" (of the LightningModule; DTensor shards count with their global size)}
+     "trainable_params", "total_params" (of the LightningModule; DTensor shards count with their global size),
+     "settings": {"strategy", "precision", "optimizer", "activation_checkpointing"} (how the run was timed)}
 """
 
 from __future__ import annotations
@@ -68,6 +69,21 @@ _CSV_FIELDS = [
     "peak_mem_gb",
     "world_size",
 ]
+
+
+def run_settings(trainer: Any, pl_module: Any) -> dict[str, Any]:
+    """How a run was timed: strategy, precision, optimizer class and whether activations are recomputed."""
+    optimizers = getattr(trainer, "optimizers", None) or []
+    opt = type(optimizers[0]) if optimizers else None
+    modules = pl_module.modules() if isinstance(pl_module, torch.nn.Module) else []
+    checkpointing = any(getattr(m, "is_gradient_checkpointing", False) is True
+                        or type(m).__name__ == "CheckpointWrapper" for m in modules)
+    return {
+        "strategy": type(trainer.strategy).__name__ if getattr(trainer, "strategy", None) is not None else None,
+        "precision": str(getattr(trainer, "precision", None)),
+        "optimizer": f"{opt.__module__.split('.')[0]}.{opt.__name__}" if opt is not None else None,
+        "activation_checkpointing": checkpointing,
+    }
 
 
 def _peak_rss_gb() -> float | None:
@@ -317,6 +333,7 @@ class ThroughputLogger(Callback):
             "mfu": tflops * 1e12 / (self._peak * self._world) if (tflops is not None and self._peak) else None,
             "peak_mem_gb": max(mems) if mems else None,
             "peak_flops_per_device": self._peak,
+            "settings": run_settings(trainer, pl_module),
             **({f"{k}_params": v for k, v in count_parameters(pl_module).items()}
                if isinstance(pl_module, torch.nn.Module) else {}),
         }

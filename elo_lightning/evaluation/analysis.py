@@ -19,7 +19,7 @@ from typing import Any
 from elo_lightning.errors import ELOError
 from elo_lightning.io import read_json
 
-MODEL_ORDER = ("base", "elo", "elo_pretrain", "elo_aligned", "fft", "lora", "chat_vector", "sft")
+MODEL_ORDER = ("base", "elo", "elo_pretrain", "elo_aligned", "fft", "lora", "chat_vector", "sft", "elo_sft", "fft_sft")
 
 
 def find_runs(roots: list[str | Path] | str | Path) -> dict[str, Path]:

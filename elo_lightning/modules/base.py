@@ -110,7 +110,7 @@ class CausalLMModule(L.LightningModule):
     def export(self, output_dir: str | Path) -> Path:
         """HF directory of the trained model plus ``elo_export.json``."""
         return export_hf(self.model, output_dir, stage_manifest(self), tokenizer=self.tokenizer(),
-                         **self.export_guard())
+                         extra_json=self.data_exports(), **self.export_guard())
 
     # -- outputs ----------------------------------------------------------------------------------
     def export_guard(self) -> dict[str, Any]:
@@ -132,6 +132,13 @@ class CausalLMModule(L.LightningModule):
                 clean_checkpoint_leftovers(getattr(cb, "dirpath", None))
             if self.hparams.get("export_dir"):
                 clean_leftovers(self.hparams.export_dir)
+
+    def data_exports(self) -> dict[str, dict]:
+        """JSON files the datamodule writes beside the export (``stream_state.json``: where its stream stopped,
+        for the next stage's ``start_after``). Collective: every rank calls it."""
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        export_state = getattr(dm, "export_state", None)
+        return export_state() if callable(export_state) else {}
 
     def tokenizer(self):
         if self._tokenizer is None and self.hparams.tokenizer:
@@ -254,7 +261,8 @@ class CausalLMModule(L.LightningModule):
         optimizer = build_optimizer(self.trainable_named_parameters(), self.optim_cfg)
         total = self.trainer.estimated_stepping_batches
         if not math.isfinite(total):
-            raise ELOError("the training stream is endless: set trainer.max_steps so the schedule has a length")
+            raise ELOError("the training stream is endless: set a data budget (e.g. --data.init_args.budget 9GB) "
+                           "or trainer.max_steps so the schedule has a length")
         scheduler = build_scheduler(optimizer, self.optim_cfg, int(total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

@@ -50,4 +50,4 @@ class LoRAModule(CausalLMModule):
         """Merged weights: a plain HF model that needs no peft to load (the adapters are folded in)."""
         merged = self.model.merge_and_unload()
         return export_hf(merged, output_dir, stage_manifest(self, merged=True), tokenizer=self.tokenizer(),
-                         **self.export_guard())
+                         extra_json=self.data_exports(), **self.export_guard())

@@ -19,6 +19,10 @@ def test_bench_writes_results_and_figure(tmp_path):
                    batch_size=2, steps=2, warmup=1, accelerator="cpu", best_batch=True, max_batch_size=4)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["methods"].keys() == {"elo", "fft"} == report["methods"].keys()
+    for res in saved["methods"].values():  # how each method was timed: the same for all in `elo bench`
+        assert res["strategy"] == "SingleDeviceStrategy" and res["precision"] == "32-true"
+        assert res["optimizer"] and res["activation_checkpointing"] is False
+    assert saved["settings_differ"] == {}
     for method, res in saved["methods"].items():
         assert res["tokens_per_s"] > 0 and res["step_time_s"] > 0 and res["flops_per_token"] > 0, method
         assert res["trainable_params"] <= res["computed_params"]
@@ -46,13 +50,14 @@ def test_bench_writes_results_and_figure(tmp_path):
     assert (tmp_path / "from-runs" / "speedup.png").exists()
 
 
-def _run(d, world_size, seq_len, **model_args):
+def _run(d, world_size, seq_len, settings=None, **model_args):
     """A run directory as `elo fit` leaves it: the ThroughputLogger's summary.json and LightningCLI's config.yaml."""
     d.mkdir()
     tokens = 4 * seq_len * world_size
     (d / "summary.json").write_text(json.dumps({"world_size": world_size, "tokens_per_s": 1000.0 * seq_len,
                                                 "step_time_s": 1.0, "tokens_per_step": tokens,
-                                                "flops_per_step": 6e9 * tokens, "dtype": "bfloat16"}))
+                                                "flops_per_step": 6e9 * tokens, "dtype": "bfloat16",
+                                                "settings": settings or {}}))
     (d / "config.yaml").write_text(yaml.safe_dump({"model": {"init_args": model_args},
                                                    "data": {"init_args": {"seq_len": seq_len}}}))
     return str(d)
@@ -69,6 +74,23 @@ def test_from_runs_reads_seq_len_layers_and_lora_rank_from_the_run_configs(tmp_p
     assert report["analytic_flops_per_token"]["elo"] == analytic_train_flops_per_token(ARCH, "elo", [0, 1, 7], 64)
     assert report["analytic_flops_per_token"]["lora"] == analytic_train_flops_per_token(ARCH, "lora", None, 64,
                                                                                         lora_rank=3)
+
+
+def test_from_runs_says_in_one_line_when_methods_were_timed_differently(tmp_path, capsys):
+    ddp = {"strategy": "DDPStrategy", "activation_checkpointing": False, "optimizer": "bitsandbytes.AdamW8bit",
+           "precision": "bf16-mixed"}
+    fsdp = {"strategy": "AtomicModelParallelStrategy", "activation_checkpointing": True, "optimizer": "torch.AdamW",
+            "precision": "32-true"}
+    runs = {"elo": _run(tmp_path / "elo", 8, 64, ddp, layers="1,-1"), "fft": _run(tmp_path / "fft", 8, 64, fsdp)}
+    report = from_runs(runs, arch=ARCH, output=str(tmp_path / "out"))
+    assert report["methods"]["fft"]["optimizer"] == "torch.AdamW"
+    assert set(report["settings_differ"]) == {"strategy", "activation_checkpointing", "optimizer", "precision"}
+    said = [line for line in capsys.readouterr().out.splitlines() if "different settings" in line]
+    assert len(said) == 1 and "optimizer elo=bitsandbytes.AdamW8bit, fft=torch.AdamW" in said[0]
+    assert "Timed under different settings" in (tmp_path / "out" / "speedup.md").read_text()
+    same = {"elo": _run(tmp_path / "elo2", 8, 64, ddp, layers="1,-1"), "fft": _run(tmp_path / "fft2", 8, 64, ddp)}
+    assert from_runs(same, arch=ARCH, output=str(tmp_path / "out2"))["settings_differ"] == {}
+    assert "different settings" not in capsys.readouterr().out
 
 
 def test_from_runs_refuses_missing_and_incomparable_runs(tmp_path):
