@@ -48,7 +48,7 @@ def load_config(source: str | Path) -> PretrainedConfig:
     if path.suffix == ".json":
         if not path.is_file():
             raise ELOError(f"architecture config not found: {path}")
-        fields = json.loads(path.read_text())
+        fields = read_json(path)
         model_type = fields.pop("model_type", None)
         if model_type is None:
             raise ELOError(f"{path} has no 'model_type'; cannot tell the architecture")
@@ -59,6 +59,7 @@ def load_config(source: str | Path) -> PretrainedConfig:
     elif path.is_dir():
         if not (path / "config.json").is_file():
             raise ELOError(f"{path} is not a model directory: no config.json")
+        read_json(path / "config.json")  # a clear error for a broken file, before transformers reads it
         config = AutoConfig.from_pretrained(path)
     elif path.exists() or str(source).startswith((".", "/")):
         raise ELOError(f"model not found: {source}")
@@ -69,6 +70,51 @@ def load_config(source: str | Path) -> PretrainedConfig:
             raise ELOError(f"cannot load {source!r} (not a local path; hub lookup failed: {err})") from None
     check_architecture(config)
     return config
+
+
+def read_json(path: str | Path) -> dict:
+    """A JSON object from a file; ELOError naming the file if it is unreadable, not JSON, or not an object."""
+    try:
+        data = json.loads(Path(path).read_bytes())
+    except (OSError, ValueError) as err:
+        raise ELOError(f"{path} is not a valid JSON file ({type(err).__name__}: {err})") from None
+    if not isinstance(data, dict):
+        raise ELOError(f"{path} is not a valid JSON file: expected an object, got {type(data).__name__}")
+    return data
+
+
+def check_safetensors(file: str | Path) -> None:
+    """Cheap integrity check of one ``.safetensors`` file from its header: empty, truncated or corrupt files
+    raise ELOError naming the file (the tensor bytes themselves are not checksummed by the format)."""
+    file = Path(file)
+    size = file.stat().st_size
+    with open(file, "rb") as f:
+        n = int.from_bytes(f.read(8), "little") if size >= 8 else -1
+        if n < 0 or 8 + n > size:
+            raise ELOError(f"{file} is empty or truncated ({size:,} bytes): not a complete safetensors file")
+        try:
+            header = json.loads(f.read(n))
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            raise ELOError(f"{file} is corrupt: its safetensors header is unreadable") from None
+    if 8 + n + end != size:
+        raise ELOError(f"{file} is truncated or corrupt: {size:,} bytes, its header describes {8 + n + end:,}")
+
+
+def check_weight_files(path: str | Path) -> None:
+    """Check an HF directory's safetensors weights (single file or sharded with an index) before loading them."""
+    path = Path(path)
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise ELOError(f"{index} has no weight_map")
+        for shard in sorted(set(weight_map.values())):
+            if not (path / shard).is_file():
+                raise ELOError(f"{index} lists {shard}, which is missing from {path}")
+            check_safetensors(path / shard)
+    elif (path / "model.safetensors").is_file():
+        check_safetensors(path / "model.safetensors")
 
 
 def has_weights(source: str | Path) -> bool:
@@ -99,6 +145,7 @@ def load_causal_lm(
     if not has_weights(source):
         return init_model(load_config(source), seed=seed, dtype=dtype).to(device)
     load_config(source)  # architecture check and clear errors before the (slow) weight load
+    check_weight_files(source)
     model = AutoModelForCausalLM.from_pretrained(str(source), dtype=resolve_dtype(dtype))
     return model.to(device)
 

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -288,6 +289,28 @@ def mix_by_language(
 # --------------------------------------------------------------------------------------------------- module
 
 
+def check_arguments(files: list[SFTSource], lang_weights: dict[str, float], max_length: int, batch_size: int,
+                    num_workers: int, val_fraction: float) -> None:
+    """Every SFTDataModule argument, before any file is opened. Raises ELOError."""
+    if not files:
+        raise ELOError("SFTDataModule: files is empty: give at least one JSONL file")
+    if not lang_weights:
+        raise ELOError("SFTDataModule: lang_weights is empty: give the languages to train on, e.g. {ko: 1, en: 1}")
+    for lang, w in lang_weights.items():
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise ELOError(f"SFTDataModule: lang_weights[{lang!r}] must be a finite number >= 0, got {w!r}")
+    if sum(lang_weights.values()) <= 0:
+        raise ELOError(f"SFTDataModule: lang_weights sum to zero ({lang_weights}): nothing to train on")
+    if max_length < 2:
+        raise ELOError(f"SFTDataModule: max_length must be >= 2, got {max_length}")
+    if batch_size < 1:
+        raise ELOError(f"SFTDataModule: batch_size must be >= 1, got {batch_size}")
+    if num_workers < 0:
+        raise ELOError(f"SFTDataModule: num_workers must be >= 0, got {num_workers}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ELOError(f"SFTDataModule: val_fraction must be in [0, 1), got {val_fraction}")
+
+
 class SFTDataModule(L.LightningDataModule):
     """Bilingual SFT conversations with assistant-only labels, language mixing and optional packing.
 
@@ -324,12 +347,7 @@ class SFTDataModule(L.LightningDataModule):
         self.files = [SFTSource(**f) if isinstance(f, dict) else f for f in self.files]
         self.tokenizer_path = tokenizer
         self.lang_weights = dict(DEFAULT_LANG_WEIGHTS if lang_weights is None else lang_weights)
-        if not self.lang_weights or any(w < 0 for w in self.lang_weights.values()):
-            raise ELOError(f"lang_weights must be non-empty with non-negative weights, got {self.lang_weights}")
-        if max_length < 2:
-            raise ELOError(f"max_length must be >= 2, got {max_length}")
-        if not 0.0 <= val_fraction < 1.0:
-            raise ELOError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        check_arguments(self.files, self.lang_weights, max_length, batch_size, num_workers, val_fraction)
         self.max_length = max_length
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -375,13 +393,13 @@ class SFTDataModule(L.LightningDataModule):
         dropped: Counter[str] = Counter()
         by_lang: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for src in self.files:
-            with open(src.path, encoding="utf-8") as fh:
+            with open(src.path, "rb") as fh:  # bytes: a non-UTF-8 line is one invalid record, not a crash
                 for line in fh:
                     if not line.strip():
                         continue
                     try:
                         record = json.loads(line)
-                    except json.JSONDecodeError:
+                    except ValueError:  # JSONDecodeError, UnicodeDecodeError
                         skipped["invalid_json"] += 1
                         continue
                     lang = (record.get("lang") if isinstance(record, dict) else None) or src.language or "unknown"
