@@ -32,7 +32,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import ModelParallelStrategy
 
-from elo_lightning.errors import ELOError
+from elo_lightning.errors import ELOError, writing
 from elo_lightning.io import write_json_atomic
 
 MARKER = "elo_checkpoint.json"
@@ -193,7 +193,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
         try:
-            with os.fdopen(fd, "wb") as f:
+            with writing(path), os.fdopen(fd, "wb") as f:
                 torch.save(checkpoint, f)
                 f.flush()
                 os.fsync(f.fileno())

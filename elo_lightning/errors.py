@@ -62,12 +62,25 @@ def user_message(exc: BaseException) -> str | None:
     return None
 
 
+def _no_room(path: Path) -> bool:
+    """The file system of ``path`` has (almost) no free bytes left: torch.save reports ENOSPC only as
+    "file write failed", without errno or text."""
+    import shutil
+
+    for p in (path, *path.parents):
+        if p.exists():
+            return shutil.disk_usage(p).free < 1 << 20
+    return False
+
+
 @contextlib.contextmanager
 def writing(path: str | Path) -> Iterator[None]:
     """Around a write to ``path``: a full disk becomes ``ELOError("no space left on device while writing PATH")``."""
     try:
         yield
+    except ELOError:
+        raise
     except Exception as err:
-        if is_disk_full(err):
+        if is_disk_full(err) or _no_room(Path(path)):
             raise ELOError(disk_full_message(path)) from err
         raise

@@ -91,30 +91,21 @@ def check_safetensors(file: str | Path) -> None:
     with open(file, "rb") as f:
         n = int.from_bytes(f.read(8), "little") if size >= 8 else -1
         if n < 0 or 8 + n > size:
-            raise ELOError(f"{file} is empty or truncated ({size:,} bytes): not a complete safetensors file")
+            raise ELOError(f"cannot load the weights: {file} is empty or truncated ({size:,} bytes)")
         try:
             header = json.loads(f.read(n))
             end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
         except (ValueError, TypeError, KeyError, IndexError, AttributeError):
-            raise ELOError(f"{file} is corrupt: its safetensors header is unreadable") from None
+            raise ELOError(f"cannot load the weights: {file} is corrupt (unreadable safetensors header)") from None
     if 8 + n + end != size:
-        raise ELOError(f"{file} is truncated or corrupt: {size:,} bytes, its header describes {8 + n + end:,}")
+        raise ELOError(f"cannot load the weights: {file} is truncated or corrupt ({size:,} bytes, its header "
+                       f"describes {8 + n + end:,})")
 
 
-def check_weight_files(path: str | Path) -> None:
-    """Check an HF directory's safetensors weights (single file or sharded with an index) before loading them."""
-    path = Path(path)
-    index = path / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = read_json(index).get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise ELOError(f"{index} has no weight_map")
-        for shard in sorted(set(weight_map.values())):
-            if not (path / shard).is_file():
-                raise ELOError(f"{index} lists {shard}, which is missing from {path}")
-            check_safetensors(path / shard)
-    elif (path / "model.safetensors").is_file():
-        check_safetensors(path / "model.safetensors")
+def check_safetensors_files(directory: str | Path) -> None:
+    """:func:`check_safetensors` on every ``.safetensors`` file of a model directory, before loading any."""
+    for file in sorted(Path(directory).glob("*.safetensors")):
+        check_safetensors(file)
 
 
 def has_weights(source: str | Path) -> bool:
@@ -145,7 +136,7 @@ def load_causal_lm(
     if not has_weights(source):
         return init_model(load_config(source), seed=seed, dtype=dtype).to(device)
     load_config(source)  # architecture check and clear errors before the (slow) weight load
-    check_weight_files(source)
+    check_safetensors_files(source)
     model = AutoModelForCausalLM.from_pretrained(str(source), dtype=resolve_dtype(dtype))
     return model.to(device)
 

@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from elo_lightning.errors import ELOError
 from elo_lightning.io import atomic_dir, write_json_atomic
-from elo_lightning.models import check_architecture, check_weight_files, decoder_layers, load_config, read_json
+from elo_lightning.models import check_architecture, check_safetensors_files, decoder_layers, load_config, read_json
 
 MANIFEST = "elo_manifest.json"
 FORMAT = "elo-detached/1"
@@ -235,6 +235,6 @@ def load_detached(path: str | Path, dtype: torch.dtype | None = None) -> tuple[P
     if config.num_hidden_layers != len(manifest.layers):
         raise ELOError(f"{path}: config.json has {config.num_hidden_layers} layers but {MANIFEST} lists "
                        f"{len(manifest.layers)} ({manifest.layers_1based})")
-    check_weight_files(path)
+    check_safetensors_files(path)
     kwargs = {"dtype": dtype} if dtype is not None else {}
     return AutoModelForCausalLM.from_pretrained(str(path), **kwargs), manifest

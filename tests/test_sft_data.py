@@ -188,3 +188,27 @@ def test_shipped_sample_setup():
     assert dm.dropped_languages.get("ja", 0) > 0
     batch = next(iter(dm.train_dataloader()))
     assert (batch["labels"] != IGNORE_INDEX).any()
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"lang_weights": {}}, "lang_weights is empty"),
+    ({"lang_weights": {"ko": float("nan")}}, r"lang_weights\['ko'\] must be a finite number >= 0"),
+    ({"lang_weights": {"ko": float("inf")}}, r"lang_weights\['ko'\] must be a finite number >= 0"),
+    ({"lang_weights": {"ko": -1.0, "en": 1.0}}, r"lang_weights\['ko'\] must be a finite number >= 0"),
+    ({"lang_weights": {"ko": 0.0, "en": 0.0}}, "lang_weights sum to zero"),
+    ({"max_length": 0}, "max_length must be >= 2"),
+    ({"batch_size": 0}, "batch_size must be >= 1"),
+    ({"num_workers": -1}, "num_workers must be >= 0"),
+    ({"files": []}, "files is empty"),
+])
+def test_out_of_range_arguments_refused_before_any_file_is_opened(kwargs, match):
+    with pytest.raises(ELOError, match=match):
+        SFTDataModule(tokenizer="/nonexistent", **{"files": ["/nonexistent.jsonl"], **kwargs})
+
+
+def test_non_utf8_line_is_one_skipped_record(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in GOOD) + b'{"conversations": "caf\xe9"}\n')
+    dm = SFTDataModule(tokenizer=TOKENIZER, files=[str(path)], lang_weights={"ko": 1.0, "en": 1.0}, val_fraction=0.0)
+    dm.setup("fit")
+    assert dm.skipped["invalid_json"] == 1 and len(dm.train_examples) == len(GOOD)
