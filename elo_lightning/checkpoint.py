@@ -41,10 +41,11 @@ MARKER = "elo_checkpoint.json"
 def _allow_our_hparams() -> None:
     """Checkpoints store the hyperparameters, whose dataclasses ``torch.load(weights_only=True)`` must accept."""
     from elo_lightning.data.bilingual import LanguageSource
+    from elo_lightning.data.sft import SFTSource
     from elo_lightning.optim import OptimizerConfig
     from elo_lightning.sharding import ShardingConfig
 
-    torch.serialization.add_safe_globals([OptimizerConfig, ShardingConfig, LanguageSource])
+    torch.serialization.add_safe_globals([OptimizerConfig, ShardingConfig, LanguageSource, SFTSource])
 
 
 _allow_our_hparams()

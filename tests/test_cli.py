@@ -75,6 +75,9 @@ def test_fit_elo_then_align_through_the_shipped_configs(tmp_path):
           "--model.init_args.export_dir", str(tmp_path / "elo")])
     manifest = json.loads((tmp_path / "elo" / "elo_manifest.json").read_text())
     assert manifest["layers"] == [0, 7]  # stored 0-based: λ = {1, 8} of 8
+    data = json.loads((tmp_path / "elo" / "elo_export.json").read_text())["data"]  # the run's data settings
+    assert data["class_path"] == "elo_lightning.data.bilingual.BilingualDataModule" and data["batch_size"] == 2
+    assert [(lang["name"], lang["weight"]) for lang in data["languages"]] == [("en", 1.0), ("ko", 9.0)]
     main(["fit", "--config", "configs/align.yaml", *short, "--trainer.logger.init_args.name", "align",
           "--model.init_args.detached", str(tmp_path / "elo"), "--model.init_args.export_dir", str(tmp_path / "align")])
     aligned = AutoModelForCausalLM.from_pretrained(tmp_path / "align")

@@ -308,6 +308,7 @@ class BilingualDataModule(L.LightningDataModule):
                  val_batch_size: int | None = None, num_workers: int = 0, seed: int = 42, add_bos: bool = False,
                  val_max_sequences: int | None = 256, shuffle_shards: bool = True, pin_memory: bool = False):
         super().__init__()
+        self.save_hyperparameters(logger=False)  # recorded in checkpoints and in the export's elo_export.json
         self.tokenizer_name = str(tokenizer)
         self.languages = [LanguageSource(**lang) if isinstance(lang, dict) else lang for lang in (languages or [])]
         self.seq_len, self.batch_size = int(seq_len), int(batch_size)
@@ -396,6 +397,10 @@ class BilingualDataModule(L.LightningDataModule):
                 self._check_shards(vs, lang)
                 valid[lang.name] = vs
         self._train_shards, self._valid_shards = train, valid
+
+    def check_inputs(self) -> None:
+        """Every shard and the tokenizer, checked now (the CLI calls it before the trainer creates any folder)."""
+        self._prepare()
 
     @staticmethod
     def _check_shards(shards, lang: LanguageSource) -> None:

@@ -341,6 +341,7 @@ class SFTDataModule(L.LightningDataModule):
         val_per_language: bool = False,
     ):
         super().__init__()
+        self.save_hyperparameters(logger=False)  # recorded in checkpoints and in the export's elo_export.json
         if files is None:
             files = [SFTSource("data/sample/sft/conversations.jsonl")]
         self.files = [SFTSource(f) if isinstance(f, (str, Path)) else f for f in files]
@@ -370,8 +371,21 @@ class SFTDataModule(L.LightningDataModule):
         from transformers import AutoTokenizer
 
         if self.tokenizer is None:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path)
+            try:
+                self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path)
+            except Exception as e:  # noqa: BLE001 - any load failure is a bad argument
+                raise ELOError(f"tokenizer {self.tokenizer_path!r} failed to load: {type(e).__name__}: {e}") from None
         return self.tokenizer
+
+    def check_inputs(self) -> None:
+        """The files exist and the tokenizer loads (the CLI calls it before the trainer creates any folder)."""
+        self._check_files()
+        self.load_tokenizer()
+
+    def _check_files(self) -> None:
+        for src in self.files:
+            if not Path(src.path).is_file():
+                raise ELOError(f"SFT file not found: {src.path}")
 
     @property
     def pad_id(self) -> int:
@@ -385,9 +399,7 @@ class SFTDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._ready:
             return
-        for src in self.files:
-            if not Path(src.path).is_file():
-                raise ELOError(f"SFT file not found: {src.path}")
+        self._check_files()
         encoder = ChatEncoder(self.load_tokenizer(), self.max_length)
         skipped: Counter[str] = Counter()
         dropped: Counter[str] = Counter()

@@ -10,7 +10,7 @@ from transformers import PreTrainedModel
 
 from elo_lightning.models import load_causal_lm
 from elo_lightning.modules.base import CausalLMModule
-from elo_lightning.surgery import attach, load_detached
+from elo_lightning.surgery import attach, load_detached, read_manifest
 
 
 class AlignmentModule(CausalLMModule):
@@ -26,6 +26,11 @@ class AlignmentModule(CausalLMModule):
         self.save_hyperparameters()
         if detached is None and type(self) is AlignmentModule:
             self.stage = "fft"
+
+    def check_inputs(self) -> None:
+        super().check_inputs()
+        if self.hparams.detached:
+            read_manifest(self.hparams.detached)
 
     def build_model(self, device: str = "cpu") -> PreTrainedModel:
         model = load_causal_lm(self.source, seed=self.hparams.seed, device=device)

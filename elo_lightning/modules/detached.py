@@ -9,7 +9,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from elo_lightning.export import export_hf, stage_manifest
 from elo_lightning.models import load_causal_lm, load_config
 from elo_lightning.modules.base import CausalLMModule
-from elo_lightning.surgery import MANIFEST, DetachManifest, detach, load_detached, read_manifest
+from elo_lightning.surgery import MANIFEST, DetachManifest, detach, load_detached, parse_layers, read_manifest
 
 
 class DetachedLayerModule(CausalLMModule):
@@ -69,6 +69,13 @@ class DetachedLayerModule(CausalLMModule):
 
     def config_source(self) -> str:
         return self.source
+
+    def check_inputs(self) -> None:
+        if self.from_detached:
+            read_manifest(self.source)
+            load_config(self.source)
+        else:
+            parse_layers(self.hparams.layers, load_config(self.source).num_hidden_layers)
 
     def export(self, output_dir: str | Path) -> Path:
         """A detached checkpoint: HF directory + ``elo_manifest.json`` that ``attach`` checks against the source."""
