@@ -20,8 +20,9 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/elo pipeline --output runs/pipeline
 
-## The test suite (CPU; includes 2-process FSDP2/DDP tests over gloo).
+## Lint (ruff, configured in pyproject.toml), then the test suite (CPU; includes 2-process FSDP2/DDP tests over gloo).
 test: setup
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 ## Throughput of ELO, LoRA, FFT and freeze-tuning on one architecture; writes results/bench/results.json + figure.

@@ -20,7 +20,6 @@ import shutil
 import struct
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +27,7 @@ import torch
 from safetensors import safe_open
 
 from elo_lightning.errors import ELOError
+from elo_lightning.io import MANIFEST
 
 VocabMismatch = Literal["skip", "slice", "error"]
 
@@ -117,7 +117,7 @@ class _Reader:
     pages touched so far are unmapped at once: resident memory stays at the tensors in flight instead of
     growing towards the size of the three checkpoints (header parsing per read is negligible)."""
 
-    def __init__(self, ckpt: _Checkpoint, stack: ExitStack | None = None):
+    def __init__(self, ckpt: _Checkpoint):
         self.ckpt = ckpt
 
     def get(self, name: str) -> torch.Tensor:
@@ -139,7 +139,8 @@ def parse_size(size: int | str) -> int:
     if isinstance(size, int):
         return size
     s = str(size).strip().upper()
-    for unit, mult in (("GIB", 2**30), ("MIB", 2**20), ("KIB", 2**10), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3), ("B", 1)):
+    units = (("GIB", 2**30), ("MIB", 2**20), ("KIB", 2**10), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3), ("B", 1))
+    for unit, mult in units:
         if s.endswith(unit):
             return int(float(s[: -len(unit)]) * mult)
     return int(s)
@@ -290,89 +291,10 @@ def apply_chat_vector(
     b, i, t = (_Checkpoint(sources[r], r) for r in ("base", "instruct", "target"))
     _check_architectures(b, i, t)
     _check_tensors(b, i, t)
-
-    # Plan every tensor from metadata before reading data: action + output spec.
-    order = sorted(t.weight_map, key=lambda n: (t.weight_map[n], n))  # sequential reads of the target's shards
-    plan: list[tuple[str, str]] = []  # (name, action)
-    for name in order:
-        shapes = (b.shapes[name], i.shapes[name], t.shapes[name])
-        if any(s in name for s in skip):
-            plan.append((name, "skip"))
-            continue
-        if not t.dtypes[name].is_floating_point:
-            if len(set(shapes)) != 1:
-                raise ELOError(f"shape mismatch for {name}: base {shapes[0]}, instruct {shapes[1]}, target {shapes[2]}")
-            plan.append((name, "copy_non_float"))
-            continue
-        if len(set(shapes)) == 1:
-            plan.append((name, "add"))
-            continue
-        rows_only = is_vocab_tensor(name) and len({s[1:] for s in shapes}) == 1 and len({len(s) for s in shapes}) == 1
-        if not rows_only:
-            raise ELOError(f"shape mismatch for {name}: base {shapes[0]}, instruct {shapes[1]}, target {shapes[2]}")
-        if vocab_mismatch == "error":
-            raise ELOError(
-                f"vocabulary size differs for {name}: base {shapes[0][0]}, instruct {shapes[1][0]}, "
-                f"target {shapes[2][0]} rows (use vocab_mismatch='skip' or 'slice', or add it to skip)"
-            )
-        plan.append((name, "vocab_skip" if vocab_mismatch == "skip" else "slice"))
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    existing = [p for p in out_dir.iterdir() if p.suffix == ".safetensors" or p.name.endswith(".safetensors.index.json")]
-    if existing and not overwrite:
-        raise ELOError(f"output {out_dir} already holds weights ({existing[0].name}); pass overwrite=True or a new dir")
-    for p in existing:
-        p.unlink()
-
-    specs = [(name, t.shapes[name], t.dtypes[name]) for name, _ in plan]
-    shard_groups = _plan_shards(specs, parse_size(max_shard_size))
-    n_shards = len(shard_groups)
-    shard_names = (
-        ["model.safetensors"]
-        if n_shards == 1
-        else [f"model-{k + 1:05d}-of-{n_shards:05d}.safetensors" for k in range(n_shards)]
-    )
-    counts = {"added": 0, "skipped": 0, "sliced": 0, "vocab_skipped": 0, "copied_non_float": 0}
-    weight_map: dict[str, str] = {}
-    total_size = 0
-    with ExitStack() as stack:
-        readers = {c.role: _Reader(c, stack) for c in (b, i, t)}
-        for shard_name, group in zip(shard_names, shard_groups):
-            writer = _StreamingShardWriter(out_dir / shard_name, [specs[k] for k in group], {"format": "pt"})
-            try:
-                for k in group:
-                    name, action = plan[k]
-                    result = _combine(name, action, readers, ratio)
-                    writer.write(name, result)
-                    del result
-                    counts[{"add": "added", "skip": "skipped", "slice": "sliced", "vocab_skip": "vocab_skipped",
-                            "copy_non_float": "copied_non_float"}[action]] += 1
-                    weight_map[name] = shard_name
-            finally:
-                writer.close()
-            total_size += writer.total
-    if n_shards > 1:
-        index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
-        (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-
-    # Config (and generation config) of the target; tokenizer + chat template of the instruct model.
-    for fname in ("config.json", "generation_config.json"):
-        if (t.dir / fname).is_file():
-            shutil.copy2(t.dir / fname, out_dir / fname)
-    copied_tok: list[str] = []
-    for pattern in TOKENIZER_FILE_GLOBS:
-        for f in sorted(i.dir.glob(pattern)):
-            if f.is_file():
-                shutil.copy2(f, out_dir / f.name)
-                copied_tok.append(f.name)
-
-    summary: dict[str, Any] = {
-        **counts,
-        "tensors": len(plan),
-        "shards": n_shards,
-        "total_bytes": total_size,
-        "output": str(out_dir),
-    }
+    plan = plan_tensors(b, i, t, skip, vocab_mismatch)
+    _clear_output(out_dir, overwrite)
+    counts, n_shards, total_size = _write_weights(plan, (b, i, t), out_dir, ratio, parse_size(max_shard_size))
+    copied_tok = _copy_side_files(i, t, out_dir)
     manifest = {
         "stage": "chat_vector",
         "formula": "target + ratio * (instruct - base)",
@@ -386,8 +308,100 @@ def apply_chat_vector(
         "tokenizer_files_from_instruct": copied_tok,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    (out_dir / "elo_manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return summary
+    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return {**counts, "tensors": len(plan), "shards": n_shards, "total_bytes": total_size, "output": str(out_dir)}
+
+
+ACTION_COUNTS = {"add": "added", "skip": "skipped", "slice": "sliced", "vocab_skip": "vocab_skipped",
+                 "copy_non_float": "copied_non_float"}
+
+
+def plan_tensors(b: _Checkpoint, i: _Checkpoint, t: _Checkpoint, skip: tuple[str, ...],
+                 vocab_mismatch: VocabMismatch) -> list[tuple[str, str]]:
+    """``(name, action)`` for every tensor, from metadata only, in the order of the target's shards."""
+    order = sorted(t.weight_map, key=lambda n: (t.weight_map[n], n))  # sequential reads of the target's shards
+    return [(name, _action(name, (b.shapes[name], i.shapes[name], t.shapes[name]), t.dtypes[name], skip,
+                           vocab_mismatch)) for name in order]
+
+
+def _action(name: str, shapes: tuple, dtype: torch.dtype, skip: tuple[str, ...], vocab_mismatch: VocabMismatch) -> str:
+    if any(s in name for s in skip):
+        return "skip"
+    mismatch = f"shape mismatch for {name}: base {shapes[0]}, instruct {shapes[1]}, target {shapes[2]}"
+    if not dtype.is_floating_point:
+        if len(set(shapes)) != 1:
+            raise ELOError(mismatch)
+        return "copy_non_float"
+    if len(set(shapes)) == 1:
+        return "add"
+    rows_only = is_vocab_tensor(name) and len({s[1:] for s in shapes}) == 1 and len({len(s) for s in shapes}) == 1
+    if not rows_only:
+        raise ELOError(mismatch)
+    if vocab_mismatch == "error":
+        raise ELOError(
+            f"vocabulary size differs for {name}: base {shapes[0][0]}, instruct {shapes[1][0]}, "
+            f"target {shapes[2][0]} rows (use vocab_mismatch='skip' or 'slice', or add it to skip)"
+        )
+    return "vocab_skip" if vocab_mismatch == "skip" else "slice"
+
+
+def _clear_output(out_dir: Path, overwrite: bool) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    existing = [p for p in out_dir.iterdir()
+                if p.suffix == ".safetensors" or p.name.endswith(".safetensors.index.json")]
+    if existing and not overwrite:
+        raise ELOError(f"output {out_dir} already holds weights ({existing[0].name}); pass overwrite=True or a new dir")
+    for p in existing:
+        p.unlink()
+
+
+def _write_weights(plan: list[tuple[str, str]], checkpoints: tuple[_Checkpoint, ...], out_dir: Path, ratio: float,
+                   max_shard_bytes: int) -> tuple[dict[str, int], int, int]:
+    """Stream every planned tensor into safetensors shards (+ index when several); (counts, shards, total bytes)."""
+    t = checkpoints[-1]
+    specs = [(name, t.shapes[name], t.dtypes[name]) for name, _ in plan]
+    shard_groups = _plan_shards(specs, max_shard_bytes)
+    n_shards = len(shard_groups)
+    shard_names = (
+        ["model.safetensors"]
+        if n_shards == 1
+        else [f"model-{k + 1:05d}-of-{n_shards:05d}.safetensors" for k in range(n_shards)]
+    )
+    counts = {v: 0 for v in ACTION_COUNTS.values()}
+    weight_map: dict[str, str] = {}
+    total_size = 0
+    readers = {c.role: _Reader(c) for c in checkpoints}
+    for shard_name, group in zip(shard_names, shard_groups):
+        writer = _StreamingShardWriter(out_dir / shard_name, [specs[k] for k in group], {"format": "pt"})
+        try:
+            for k in group:
+                name, action = plan[k]
+                result = _combine(name, action, readers, ratio)
+                writer.write(name, result)
+                del result
+                counts[ACTION_COUNTS[action]] += 1
+                weight_map[name] = shard_name
+        finally:
+            writer.close()
+        total_size += writer.total
+    if n_shards > 1:
+        index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
+        (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return counts, n_shards, total_size
+
+
+def _copy_side_files(instruct: _Checkpoint, target: _Checkpoint, out_dir: Path) -> list[str]:
+    """Config (and generation config) of the target; tokenizer + chat template of the instruct model."""
+    for fname in ("config.json", "generation_config.json"):
+        if (target.dir / fname).is_file():
+            shutil.copy2(target.dir / fname, out_dir / fname)
+    copied: list[str] = []
+    for pattern in TOKENIZER_FILE_GLOBS:
+        for f in sorted(instruct.dir.glob(pattern)):
+            if f.is_file():
+                shutil.copy2(f, out_dir / f.name)
+                copied.append(f.name)
+    return copied
 
 
 def _combine(name: str, action: str, readers: dict[str, _Reader], ratio: float) -> torch.Tensor:
@@ -414,7 +428,35 @@ def _combine(name: str, action: str, readers: dict[str, _Reader], ratio: float) 
 def iter_output_tensors(directory: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
     """Stream (name, tensor) from a safetensors checkpoint directory (utility for checks and tests)."""
     ckpt = _Checkpoint(directory, "checkpoint")
-    with ExitStack() as stack:
-        reader = _Reader(ckpt, stack)
-        for name in sorted(ckpt.weight_map):
-            yield name, reader.get(name)
+    reader = _Reader(ckpt)
+    for name in sorted(ckpt.weight_map):
+        yield name, reader.get(name)
+
+
+def chat_vector_cmd(
+    base: str,
+    instruct: str,
+    target: str,
+    output: str,
+    ratio: float = 1.0,
+    skip: list[str] | None = None,
+    vocab_mismatch: str = "skip",
+    max_shard_size: str = "5GB",
+) -> None:
+    """target + ratio * (instruct - base), tensor by tensor, streamed from safetensors (three 8B models never in RAM).
+
+    Args:
+        base: the base model the instruct model was tuned from.
+        instruct: its instruction-tuned version (its tokenizer and chat template are copied).
+        target: the model to receive the vector (the ELO-aligned model).
+        output: directory to write.
+        ratio: scale of the chat vector.
+        skip: tensor-name parts copied from target unchanged (default: embed_tokens, lm_head; [] for none).
+        vocab_mismatch: skip, slice or error when embedding/head rows differ.
+        max_shard_size: output shard size, e.g. 5GB.
+    """
+    summary = apply_chat_vector(
+        base, instruct, target, output, ratio=ratio, skip=("embed_tokens", "lm_head") if skip is None else tuple(skip),
+        vocab_mismatch=vocab_mismatch, max_shard_size=max_shard_size, overwrite=True,
+    )
+    print(json.dumps(summary, indent=2, default=str))

@@ -33,7 +33,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import ModelParallelStrategy
 
 from elo_lightning.errors import ELOError, writing
-from elo_lightning.io import write_json_atomic
+from elo_lightning.io import read_json, write_json_atomic
 
 MARKER = "elo_checkpoint.json"
 
@@ -81,6 +81,8 @@ def check_complete(path: str | Path) -> None:
                        f"resume from an earlier one, e.g. {latest_checkpoint(path.parent) or 'none found'}")
     if (path / "config.json").is_file():
         raise ELOError(f"{path} is a model directory (config.json), not a training checkpoint")
+    if not any(path.iterdir()):
+        raise ELOError(f"{path} is empty: not a training checkpoint")
     raise ELOError(f"{path} is not a training checkpoint: no {MARKER}, {META} or *.distcp shards in it")
 
 
@@ -228,8 +230,9 @@ def _module_from_checkpoint(checkpoint_dir: Path, model_source: str | None):
     try:
         meta = torch.load(checkpoint_dir / META, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unreadable meta.pt is a broken checkpoint
-        raise ELOError(f"{checkpoint_dir / META} is unreadable ({type(err).__name__}): the checkpoint is broken") from None
-    info = meta.get("elo_stage") or json.loads((checkpoint_dir / MARKER).read_text())
+        raise ELOError(f"{checkpoint_dir / META} is unreadable ({type(err).__name__}): the checkpoint is "
+                       "broken") from None
+    info = meta.get("elo_stage") or read_json(checkpoint_dir / MARKER, "checkpoint completion marker")
     hparams = dict(meta.get("hyper_parameters") or {})
     if not info or "class_path" not in info:
         raise ELOError(f"{checkpoint_dir}: no stage class recorded; was it saved by AtomicModelParallelStrategy?")
@@ -261,3 +264,14 @@ def consolidate(checkpoint_dir: str | Path, model_source: str | Path | None, out
     for key, value in loaded.items():
         own[key[len("model."):]].copy_(value)
     return module.export(output_dir)
+
+
+def consolidate_cmd(checkpoint_dir: str, output_dir: str, model_source: str | None = None) -> None:
+    """Turn a sharded (FSDP2/DCP) training checkpoint into the stage's plain HF export, exact weights.
+
+    Args:
+        checkpoint_dir: a complete sharded checkpoint directory (has elo_checkpoint.json).
+        output_dir: HF directory to write.
+        model_source: the stage's model argument, if it moved since training.
+    """
+    print(f"consolidated -> {consolidate(checkpoint_dir, model_source, output_dir)}")

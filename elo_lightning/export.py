@@ -1,4 +1,5 @@
-"""Export a trained stage as a plain HF directory (transformers, vLLM, lm-eval load it) with a manifest of how it was made."""
+"""Export a trained stage as a plain HF directory (transformers, vLLM, lm-eval load it) with a manifest of how it
+was made."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from transformers import PreTrainedModel
 
+from elo_lightning.dist import barrier, is_rank_zero, is_sharded
 from elo_lightning.io import atomic_dir, write_json_atomic
 
 EXPORT_MANIFEST = "elo_export.json"
@@ -17,16 +18,11 @@ EXPORT_MANIFEST = "elo_export.json"
 
 def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
     """Unsharded CPU state dict; gathers DTensor (FSDP2) shards. Collective: every rank must call it."""
-    sharded = any(type(p).__name__ == "DTensor" for p in model.parameters())
-    if not sharded:
+    if not is_sharded(model):
         return None  # save_pretrained reads the model itself
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
-
-def is_rank_zero() -> bool:
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def export_hf(
@@ -46,8 +42,7 @@ def export_hf(
             for name, data in (extra_json or {}).items():
                 write_json_atomic(tmp / name, data)
             write_json_atomic(tmp / EXPORT_MANIFEST, manifest)
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+    barrier()
     return Path(output_dir)
 
 

@@ -11,7 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from elo_lightning.errors import writing
+from elo_lightning.errors import ELOError, writing
+
+MANIFEST = "elo_manifest.json"  # how a produced directory was made; detached checkpoints: what attach checks
 
 
 @contextlib.contextmanager
@@ -45,3 +47,14 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def read_json(path: str | Path, what: str = "result file") -> Any:
+    """A JSON file written by this package (results, summaries, manifests); ELOError when missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise ELOError(f"no {what} at {path}")
+    try:
+        return json.loads(path.read_bytes())
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        raise ELOError(f"{path} is not valid JSON ({err})") from None

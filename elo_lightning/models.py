@@ -14,11 +14,17 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from elo_lightning.errors import ELOError
+from elo_lightning.io import atomic_dir, read_json
 
 # Decoder-only families whose layout (model.embed_tokens, model.layers, model.norm, lm_head) surgery is tested on.
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")
 
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+_WEIGHT_FILES = (
+    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"
+)
+
+# The weight matrices of one decoder layer (attention and MLP projections): LoRA's default targets, FLOP accounting.
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -48,7 +54,9 @@ def load_config(source: str | Path) -> PretrainedConfig:
     if path.suffix == ".json":
         if not path.is_file():
             raise ELOError(f"architecture config not found: {path}")
-        fields = read_json(path)
+        fields = read_json(path, "architecture config")
+        if not isinstance(fields, dict):
+            raise ELOError(f"{path} is not an architecture config (expected a JSON object)")
         model_type = fields.pop("model_type", None)
         if model_type is None:
             raise ELOError(f"{path} has no 'model_type'; cannot tell the architecture")
@@ -59,7 +67,7 @@ def load_config(source: str | Path) -> PretrainedConfig:
     elif path.is_dir():
         if not (path / "config.json").is_file():
             raise ELOError(f"{path} is not a model directory: no config.json")
-        read_json(path / "config.json")  # a clear error for a broken file, before transformers reads it
+        read_json(path / "config.json", "model config")  # a clear error for a broken file, before transformers
         config = AutoConfig.from_pretrained(path)
     elif path.exists() or str(source).startswith((".", "/")):
         raise ELOError(f"model not found: {source}")
@@ -70,17 +78,6 @@ def load_config(source: str | Path) -> PretrainedConfig:
             raise ELOError(f"cannot load {source!r} (not a local path; hub lookup failed: {err})") from None
     check_architecture(config)
     return config
-
-
-def read_json(path: str | Path) -> dict:
-    """A JSON object from a file; ELOError naming the file if it is unreadable, not JSON, or not an object."""
-    try:
-        data = json.loads(Path(path).read_bytes())
-    except (OSError, ValueError) as err:
-        raise ELOError(f"{path} is not a valid JSON file ({type(err).__name__}: {err})") from None
-    if not isinstance(data, dict):
-        raise ELOError(f"{path} is not a valid JSON file: expected an object, got {type(data).__name__}")
-    return data
 
 
 def check_safetensors(file: str | Path) -> None:
@@ -148,3 +145,35 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     if not isinstance(layers, nn.ModuleList):
         raise ELOError(f"{type(model).__name__} has no model.layers decoder stack; unsupported architecture")
     return layers
+
+
+def saved_tokenizer(path: str | Path):
+    """The tokenizer saved in an HF directory, or None when it holds none."""
+    if not Path(path, "tokenizer_config.json").is_file():
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def init_cmd(arch: str, output: str, tokenizer: str | None = None, seed: int = 42, dtype: str = "float32") -> None:
+    """Random-init a model from an architecture config (offline runs, benchmarks) and save it as an HF directory.
+
+    Args:
+        arch: architecture .json (e.g. configs/models/tiny-llama.json).
+        output: directory to write.
+        tokenizer: tokenizer directory to save alongside (e.g. configs/tokenizer).
+        seed: initialisation seed.
+        dtype: float32, bfloat16 or float16.
+    """
+    from transformers import AutoTokenizer
+
+    model = init_model(load_config(arch), seed=seed, dtype=dtype)
+    with atomic_dir(output) as tmp:
+        model.save_pretrained(tmp)
+        if tokenizer:
+            tok = AutoTokenizer.from_pretrained(tokenizer)
+            if len(tok) > model.config.vocab_size:
+                raise ELOError(f"tokenizer has {len(tok)} tokens, model vocabulary {model.config.vocab_size}")
+            tok.save_pretrained(tmp)
+    print(f"initialised {model.config.model_type} ({sum(p.numel() for p in model.parameters()):,} params) -> {output}")

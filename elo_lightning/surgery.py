@@ -21,10 +21,16 @@ from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from elo_lightning.errors import ELOError
-from elo_lightning.io import atomic_dir, write_json_atomic
-from elo_lightning.models import check_architecture, check_safetensors_files, decoder_layers, load_config, read_json
+from elo_lightning.io import MANIFEST, atomic_dir, read_json, write_json_atomic
+from elo_lightning.models import (
+    check_architecture,
+    check_safetensors_files,
+    decoder_layers,
+    load_causal_lm,
+    load_config,
+    saved_tokenizer,
+)
 
-MANIFEST = "elo_manifest.json"
 FORMAT = "elo-detached/1"
 SHARED_PARTS = ("embed_tokens", "norm", "lm_head")
 
@@ -92,8 +98,11 @@ class DetachManifest:
 
     @classmethod
     def from_json(cls, data: dict, where: str = MANIFEST) -> DetachManifest:
+        if not isinstance(data, dict):
+            raise ELOError(f"{where} is not a valid ELO manifest: expected a JSON object")
         if data.get("format") != FORMAT:
-            raise ELOError(f"{where}: unsupported detached checkpoint format {data.get('format')!r} (expected {FORMAT})")
+            raise ELOError(f"{where}: unsupported detached checkpoint format {data.get('format')!r} "
+                           f"(expected {FORMAT})")
         data = {k: v for k, v in data.items() if k != "layers_1based"}
         try:
             manifest = cls(**data)
@@ -132,7 +141,9 @@ def _subset_config(config, layers: list[int]):
     return small
 
 
-def detach(model: PreTrainedModel, layers: str | Sequence[int], copy_weights: bool = True) -> tuple[PreTrainedModel, DetachManifest]:
+def detach(
+    model: PreTrainedModel, layers: str | Sequence[int], copy_weights: bool = True
+) -> tuple[PreTrainedModel, DetachManifest]:
     """Build the small model: embedding, the selected layers in order, final norm and LM head.
 
     ``layers`` is 1-based (paper style) when a string; a sequence of ints is taken as 1-based too.
@@ -158,16 +169,20 @@ def detach(model: PreTrainedModel, layers: str | Sequence[int], copy_weights: bo
     if left and not model.get_input_embeddings().weight.is_meta:
         raise ELOError(f"unsupported architecture {type(model).__name__}: parts not detached: {left[:5]}")
     small.generation_config = copy.deepcopy(model.generation_config)
-    manifest = DetachManifest(
-        layers=idx,
-        source=str(getattr(model.config, "_name_or_path", "") or getattr(model, "name_or_path", "")),
-        source_num_layers=len(stack),
-        model_type=model.config.model_type,
-        hidden_size=model.config.hidden_size,
-        vocab_size=model.config.vocab_size,
-        fingerprint=fingerprint(model),
+    return small, detach_manifest(model.config, idx, fingerprint(model))
+
+
+def detach_manifest(config, layer_indices: list[int], source_fingerprint: str) -> DetachManifest:
+    """The manifest of λ (0-based ``layer_indices``) cut from a model with this config."""
+    return DetachManifest(
+        layers=list(layer_indices),
+        source=str(getattr(config, "_name_or_path", "") or ""),
+        source_num_layers=config.num_hidden_layers,
+        model_type=config.model_type,
+        hidden_size=config.hidden_size,
+        vocab_size=config.vocab_size,
+        fingerprint=source_fingerprint,
     )
-    return small, manifest
 
 
 def check_compatible(model: PreTrainedModel, detached: PreTrainedModel, manifest: DetachManifest) -> None:
@@ -226,7 +241,7 @@ def read_manifest(path: str | Path) -> DetachManifest:
     file = Path(path) / MANIFEST
     if not file.is_file():
         raise ELOError(f"{path} is not an ELO detached checkpoint: no {MANIFEST}")
-    return DetachManifest.from_json(read_json(file), where=str(file))
+    return DetachManifest.from_json(read_json(file, "detached-checkpoint manifest"), where=str(file))
 
 
 def load_detached(path: str | Path, dtype: torch.dtype | None = None) -> tuple[PreTrainedModel, DetachManifest]:
@@ -238,3 +253,44 @@ def load_detached(path: str | Path, dtype: torch.dtype | None = None) -> tuple[P
     check_safetensors_files(path)
     kwargs = {"dtype": dtype} if dtype is not None else {}
     return AutoModelForCausalLM.from_pretrained(str(path), **kwargs), manifest
+
+
+# -- commands ---------------------------------------------------------------------------------------------
+
+def detach_cmd(model: str, layers: str, output: str, dtype: str = "float32", seed: int = 42) -> None:
+    """Cut λ out of a model into a standalone HF directory (+ elo_manifest.json).
+
+    Args:
+        model: source model: HF directory, hub id, or architecture .json (random init).
+        layers: λ, 1-based, e.g. "1,-1" or "1,16,32".
+        output: directory to write.
+        dtype: float32, bfloat16 or float16.
+        seed: seed when the source is an architecture config.
+    """
+    parse_layers(layers, load_config(model).num_hidden_layers)  # the layer spec before any weight is read
+    full = load_causal_lm(model, dtype=dtype, seed=seed)
+    small, manifest = detach(full, layers, copy_weights=False)
+    save_detached(small, manifest, output, tokenizer=saved_tokenizer(model))
+    print(f"detached layers {manifest.layers_1based} of {manifest.source_num_layers} -> {output}")
+
+
+def attach_cmd(model: str, detached: str, output: str, dtype: str = "float32", seed: int = 42) -> None:
+    """Write a detached checkpoint's layers back into its source model and save the result.
+
+    Args:
+        model: the source model the layers were detached from.
+        detached: directory written by `elo detach` or by ELO training.
+        output: directory to write the full model to.
+        dtype: float32, bfloat16 or float16.
+        seed: seed when the source is an architecture config.
+    """
+    read_manifest(detached)  # manifest and its layers before any weight is read
+    full = load_causal_lm(model, dtype=dtype, seed=seed)
+    small, manifest = load_detached(detached, dtype=full.dtype)
+    attach(full, small, manifest)
+    with atomic_dir(output) as tmp:
+        full.save_pretrained(tmp)
+        tok = saved_tokenizer(detached) or saved_tokenizer(model)
+        if tok is not None:
+            tok.save_pretrained(tmp)
+    print(f"attached layers {manifest.layers_1based} into {model} -> {output}")

@@ -19,12 +19,21 @@ import os
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 CHAT_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 SPECIAL_TOKENS = [PAD, BOS, EOS, *CHAT_TOKENS]
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
-)
+
+
+def chat_template(end_of_turn: str) -> str:
+    """``<|role|>\\ncontent{end_of_turn}\\n`` per message (``end_of_turn``: a Jinja expression), then
+    ``<|assistant|>\\n`` with ``add_generation_prompt``. The one chat layout of this package."""
+    return (
+        "{% for message in messages %}"
+        "{{ '<|' + message['role'] + '|>\\n' + message['content'] + " + end_of_turn + " + '\\n' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+    )
+
+
+CHAT_TEMPLATE = chat_template("'<|end|>'")  # the shipped tokenizer's
+FALLBACK_CHAT_TEMPLATE = chat_template("eos_token")  # for tokenizers without one (SFT data, judge answers)
 DEFAULT_VOCAB_SIZE = 8192
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_FILES = os.path.join(_REPO, "data", "sample", "pretrain", "*", "train-*.jsonl")

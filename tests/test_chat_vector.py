@@ -81,7 +81,8 @@ def test_no_skip_adds_everything_and_keeps_target_dtype(tmp_path):
     _save(tmp_path / "base", 0, dtype=torch.bfloat16)
     _save(tmp_path / "inst", 1, dtype=torch.bfloat16)
     _save(tmp_path / "tgt", 2, dtype=torch.bfloat16)
-    apply_chat_vector(str(tmp_path / "base"), str(tmp_path / "inst"), str(tmp_path / "tgt"), str(tmp_path / "o"), skip=())
+    apply_chat_vector(str(tmp_path / "base"), str(tmp_path / "inst"), str(tmp_path / "tgt"), str(tmp_path / "o"),
+                      skip=())
     b, i, t, o = (_state(tmp_path / n) for n in ("base", "inst", "tgt", "o"))
     for name in t:
         assert o[name].dtype == torch.bfloat16

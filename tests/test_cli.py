@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from elo_lightning.cli import main
 
+TINY = "configs/models/tiny-llama.json"
 STAGE_CONFIGS = sorted(p for p in Path("configs").rglob("*.yaml") if "model" in (yaml.safe_load(p.read_text()) or {}))
 
 
@@ -29,7 +30,7 @@ def test_config_parses(config, capsys):
 
 
 def test_init_detach_attach_round_trip(tmp_path, capsys):
-    main(["init", "--config", "configs/models/tiny-llama.json", "--output", str(tmp_path / "base"),
+    main(["init", "--arch", "configs/models/tiny-llama.json", "--output", str(tmp_path / "base"),
           "--tokenizer", "configs/tokenizer"])
     main(["detach", "--model", str(tmp_path / "base"), "--layers", "1,-1", "--output", str(tmp_path / "elo")])
     main(["attach", "--model", str(tmp_path / "base"), "--detached", str(tmp_path / "elo"),
@@ -44,19 +45,21 @@ def test_init_detach_attach_round_trip(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["detach", "--model", "configs/models/tiny-llama.json", "--layers", "1,9", "--output", "{tmp}/x"], "out of range"),
-        (["detach", "--model", "configs/models/tiny-llama.json", "--layers", "2,2", "--output", "{tmp}/x"], "duplicate"),
+        (["detach", "--model", TINY, "--layers", "1,9", "--output", "{tmp}/x"], "out of range"),
+        (["detach", "--model", TINY, "--layers", "2,2", "--output", "{tmp}/x"], "duplicate"),
         (["detach", "--model", "configs/models/tiny-llama.json", "--layers", " ", "--output", "{tmp}/x"], "empty"),
         (["detach", "--model", "{tmp}/nowhere", "--layers", "1", "--output", "{tmp}/x"], "not found"),
         (["detach", "--model", "{tmp}/gpt2.json", "--layers", "1", "--output", "{tmp}/x"], "unknown architecture"),
         (["attach", "--model", "configs/models/tiny-llama.json", "--detached", "{tmp}", "--output", "{tmp}/x"],
          "not an ELO detached checkpoint"),
-        (["attach", "--model", "{tmp}/other.json", "--detached", "{tmp}/elo", "--output", "{tmp}/x"], "different model"),
+        (["attach", "--model", "{tmp}/other.json", "--detached", "{tmp}/elo", "--output", "{tmp}/x"],
+         "different model"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, argv, message):
     (tmp_path / "gpt2.json").write_text('{"model_type": "gpt2", "n_layer": 2}')
-    (tmp_path / "other.json").write_text(Path("configs/models/tiny-llama.json").read_text().replace('"num_hidden_layers": 8', '"num_hidden_layers": 4'))
+    other = Path(TINY).read_text().replace('"num_hidden_layers": 8', '"num_hidden_layers": 4')
+    (tmp_path / "other.json").write_text(other)
     main(["detach", "--model", "configs/models/tiny-llama.json", "--layers", "1,-1", "--output", str(tmp_path / "elo")])
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:

@@ -44,7 +44,8 @@ def test_programming_errors_are_not_translated():
 def test_full_disk():
     err = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/data/out/model.safetensors")
     assert user_message(err) == "no space left on device while writing /data/out/model.safetensors"
-    rust = Exception('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })')
+    rust = Exception('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on '
+                     'device" })')
     assert user_message(_wrapped(rust)) == "no space left on device while writing the output"
     with pytest.raises(ELOError, match="^no space left on device while writing runs/x$"), writing("runs/x"):
         raise RuntimeError("PytorchStreamWriter failed writing file data/0: No space left on device")

@@ -29,7 +29,8 @@ TINY = "configs/models/tiny-llama.json"
 EN = "{name: en, train: [data/sample/pretrain/en/train-*.jsonl], weight: %s}"
 KO = "{name: ko, train: [data/sample/pretrain/ko/train-*.jsonl], weight: %s}"
 ELO = "fit --config configs/elo.yaml --trainer.logger.init_args.save_dir {tmp} --model.init_args.export_dir {tmp}/x"
-SFT = "fit --config configs/sft.yaml --trainer.logger.init_args.save_dir {tmp} --model.init_args.export_dir {tmp}/x"
+SFT = ("fit --config configs/sft.yaml --trainer.logger.init_args.save_dir {tmp} --model.init_args.export_dir {tmp}/x"
+       f" --model.init_args.model {TINY}")
 NOTHING = "nothing is written"
 
 
@@ -64,7 +65,7 @@ CASES = [
     C("empty language list", f"{ELO} --data.init_args.languages '[]'", r"the language list is empty"),
     C("seq_len 0", f"{ELO} --data.init_args.seq_len 0", r"seq_len must be >= 2, got 0"),
     C("batch_size 0", f"{ELO} --data.init_args.batch_size 0", r"batch sizes must be >= 1"),
-    C("SFT max_length 0", f"{SFT} --data.init_args.max_length 0", r"max_length must be >= 2, got 0"),
+    C("SFT seq_len 0", f"{SFT} --data.init_args.seq_len 0", r"seq_len must be >= 2, got 0"),
     C("SFT batch_size 0", f"{SFT} --data.init_args.batch_size 0", r"batch_size must be >= 1, got 0"),
     C("SFT empty language weights", f"{SFT} --data.init_args.lang_weights '{{}}'", r"lang_weights is empty"),
     C("SFT language weight negative", f"{SFT} --data.init_args.lang_weights '{{ko: -1, en: 1}}'", r"lang_weights\['ko'\] must be a finite number >= 0"),
@@ -91,10 +92,10 @@ CASES = [
     C("empty safetensors", "detach --model {fx}/empty-weights --layers 1 --output {tmp}/x", r"model.safetensors is empty or truncated \(0 bytes\)"),
     C("truncated safetensors", "detach --model {fx}/truncated-weights --layers 1 --output {tmp}/x", r"model.safetensors is truncated or corrupt \(100,000 bytes"),
     C("corrupt safetensors header", "detach --model {fx}/corrupt-weights --layers 1 --output {tmp}/x", r"model.safetensors is corrupt \(unreadable safetensors header\)"),
-    C("broken config.json", "detach --model {fx}/broken-config --layers 1 --output {tmp}/x", r"config.json is not a valid JSON file"),
-    C("broken architecture .json", "init --config {fx}/broken.json --output {tmp}/x", r"broken.json is not a valid JSON file"),
+    C("broken config.json", "detach --model {fx}/broken-config --layers 1 --output {tmp}/x", r"config.json is not valid JSON"),
+    C("broken architecture .json", "init --arch {fx}/broken.json --output {tmp}/x", r"broken.json is not valid JSON"),
     C("not a detached checkpoint", "attach --model {fx}/base --detached {fx}/base --output {tmp}/x", r"not an ELO detached checkpoint: no elo_manifest.json"),
-    C("broken manifest JSON", "attach --model {fx}/base --detached {fx}/manifest-broken --output {tmp}/x", r"elo_manifest.json is not a valid JSON file"),
+    C("broken manifest JSON", "attach --model {fx}/base --detached {fx}/manifest-broken --output {tmp}/x", r"elo_manifest.json is not valid JSON"),
     C("manifest names a missing layer", "attach --model {fx}/base --detached {fx}/manifest-layer99 --output {tmp}/x", r"names layer\(s\) \[99\] \(1-based\) that do not exist: the source has 8 layers"),
     C("manifest lacks keys", "attach --model {fx}/base --detached {fx}/manifest-nokeys --output {tmp}/x", r"is not a valid ELO manifest"),
     C("detached from another model", "attach --model {fx}/other.json --detached {fx}/elo --output {tmp}/x", r"comes from a different model"),
@@ -104,8 +105,19 @@ CASES = [
     C("consolidate: a fake folder", "consolidate --checkpoint_dir {fx}/fake --output_dir {tmp}/x", r"is not a training checkpoint: no elo_checkpoint.json"),
     C("consolidate: an interrupted save", "consolidate --checkpoint_dir {fx}/interrupted.ckpt --output_dir {tmp}/x", r"is incomplete \(no elo_checkpoint.json: its save was interrupted\)"),
     C("consolidate: missing folder", "consolidate --checkpoint_dir {tmp}/nope --output_dir {tmp}/x", r"checkpoint not found"),
+    # -- bench (checked before any model is built or worker started) --
+    C("bench: steps 0", "bench --steps 0 --output {tmp}/x", r"bench: steps must be >= 1, got 0"),
+    C("bench: seq_len 0", "bench --seq_len 0 --output {tmp}/x", r"bench: seq_len must be >= 2, got 0"),
+    C("bench: unknown precision", "bench --precision bf17 --output {tmp}/x", r"bench: unknown precision 'bf17'"),
+    C("bench: unknown method", "bench --methods elo,dora --output {tmp}/x", r"unknown methods \['dora'\]"),
+    # -- --ckpt_path (checked before any model is built) --
+    C("--ckpt_path missing", f"{ELO} --ckpt_path {{tmp}}/nope.ckpt", r"checkpoint not found: .*nope.ckpt"),
+    C("--ckpt_path empty file", f"{ELO} --ckpt_path {{fx}}/empty.ckpt", r"checkpoint .*empty.ckpt is empty \(0 bytes\)"),
+    C("--ckpt_path truncated", f"{ELO} --ckpt_path {{fx}}/truncated.ckpt", r"truncated.ckpt is truncated or not a checkpoint"),
+    C("--ckpt_path a model folder", f"{ELO} --ckpt_path {{fx}}/base", r"is a model directory \(config.json\), not a training checkpoint"),
+    C("--ckpt_path a sharded folder without FSDP2", f"{ELO} --ckpt_path {{fx}}/sharded.ckpt", r"is a sharded \(FSDP2\) checkpoint directory"),
     # -- the machine --
-    C("full disk", "init --config configs/models/tiny-llama.json --output {tmp}/x", r"no space left on device while writing .*/x",
+    C("full disk", "init --arch configs/models/tiny-llama.json --output {tmp}/x", r"no space left on device while writing .*/x",
       "nothing is written: the half-written temporary folder is removed", prep=_disk_full),
 ]
 
@@ -135,8 +147,9 @@ def fx(tmp_path_factory) -> Path:
     (fx / "gpt2.json").write_text('{"model_type": "gpt2", "n_layer": 2}')
     (fx / "other.json").write_text(Path(TINY).read_text().replace('"num_hidden_layers": 8', '"num_hidden_layers": 4'))
     good = json.loads((fx / "elo" / MANIFEST).read_text())
-    for name, text in {"manifest-broken": '{"layers": [0, 7],', "manifest-layer99": json.dumps({**good, "layers": [0, 98]}),
-                       "manifest-nokeys": json.dumps({"format": good["format"], "layers": [0, 7]})}.items():
+    manifests = {"manifest-broken": '{"layers": [0, 7],', "manifest-layer99": json.dumps({**good, "layers": [0, 98]}),
+                 "manifest-nokeys": json.dumps({"format": good["format"], "layers": [0, 7]})}
+    for name, text in manifests.items():
         shutil.copytree(fx / "elo", fx / name)
         (fx / name / MANIFEST).write_text(text)
     (fx / "empty.jsonl").write_text("\n")
@@ -146,6 +159,11 @@ def fx(tmp_path_factory) -> Path:
     (fx / "latin1.txt").write_bytes("Ol\u00e1 mundo\n".encode("latin-1"))
     (fx / "bad-records.jsonl").write_bytes(b'{"text": "ok"}\n{"text": \n{"text": ""}\n{"text": "caf\xe9"}\n')
     torch.save({"global_step": 1, "state_dict": {}}, fx / "file.ckpt")
+    (fx / "empty.ckpt").write_bytes(b"")
+    (fx / "truncated.ckpt").write_bytes((fx / "file.ckpt").read_bytes()[:200])
+    (fx / "sharded.ckpt").mkdir()
+    torch.save({"global_step": 2}, fx / "sharded.ckpt" / "meta.pt")
+    (fx / "sharded.ckpt" / "elo_checkpoint.json").write_text('{"global_step": 2}')
     (fx / "fake").mkdir()
     (fx / "fake" / "notes.txt").write_text("not a checkpoint")
     (fx / "interrupted.ckpt").mkdir()
@@ -194,8 +212,9 @@ def _md(text: str) -> str:
 
 
 def render_table(results: dict[str, dict]) -> str:
-    rows = [RESULTS_HEADER.format(cases=len(CASES), one_line=sum(r["one_line"] and r["code"] == 2 for r in results.values()),
-                                  tracebacks=sum(r["traceback"] for r in results.values())),
+    one_line = sum(r["one_line"] and r["code"] == 2 for r in results.values())
+    tracebacks = sum(r["traceback"] for r in results.values())
+    rows = [RESULTS_HEADER.format(cases=len(CASES), one_line=one_line, tracebacks=tracebacks),
             "| bad input | command | exit | message (`error: ...` on stderr) | what is kept |", "|---|---|---|---|---|"]
     for c in CASES:
         r = results[c.name]

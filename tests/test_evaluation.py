@@ -139,7 +139,8 @@ def test_analysis_helpers_and_notebook_executes(tmp_path):
     c = analysis.curves(rows, "loss")
     assert set(c["sft/version_0"]) == {"train", "val/ko", "val/en"}
     assert c["sft/version_0"]["train"][0] == [0, 10, 20, 30, 40]
-    assert list(analysis.perplexity_table(analysis.load_results(results))) == ["base", "elo_aligned", "fft", "lora", "sft"]
+    table = analysis.perplexity_table(analysis.load_results(results))
+    assert list(table) == ["base", "elo_aligned", "fft", "lora", "sft"]
 
     nb_path = ROOT / "notebooks" / "analysis.ipynb"
     nb = nbformat.read(nb_path, as_version=4)

@@ -29,7 +29,8 @@ class Tiny(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-@pytest.mark.parametrize("bar,stepped", [(RichProgressBar, StepRichProgressBar), (TQDMProgressBar, StepTQDMProgressBar)])
+@pytest.mark.parametrize("bar,stepped", [(RichProgressBar, StepRichProgressBar),
+                                         (TQDMProgressBar, StepTQDMProgressBar)])
 def test_step_bar_replaces_epoch_minus_two(bar, stepped, capsys):
     trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_model_summary=False, callbacks=[bar()])

@@ -17,12 +17,12 @@ TOKENIZER = str(ROOT / "configs" / "tokenizer")
 SAMPLE = ROOT / "data" / "sample" / "sft" / "conversations.jsonl"
 
 GOOD = [
-    {"conversations": [{"from": "human", "value": "안녕하세요?"}, {"from": "gpt", "value": "네, 안녕하세요! 무엇을 도와드릴까요?"}], "lang": "ko"},
+    {"conversations": [{"from": "human", "value": "안녕하세요?"}, {"from": "gpt", "value": "네, 안녕하세요! 무엇을 도와드릴까요?"}], "lang": "ko"},  # noqa: E501
     {"conversations": [{"from": "system", "value": "Be brief."}, {"from": "human", "value": "Capital of France?"},
                        {"from": "gpt", "value": "Paris."}, {"from": "human", "value": "And Korea?"},
                        {"from": "gpt", "value": "Seoul."}], "lang": "en"},
     {"messages": [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}], "lang": "en"},
-    {"conversations": [{"from": "user", "value": "김치는 뭐예요?"}, {"from": "assistant", "value": "한국의 전통 발효 음식입니다."}], "lang": "ko"},
+    {"conversations": [{"from": "user", "value": "김치는 뭐예요?"}, {"from": "assistant", "value": "한국의 전통 발효 음식입니다."}], "lang": "ko"},  # noqa: E501
 ]
 BAD = [
     ("empty", {"conversations": [], "lang": "en"}),
@@ -31,7 +31,7 @@ BAD = [
     ("unknown_role", {"conversations": [{"from": "robot", "value": "x"}, {"from": "gpt", "value": "y"}], "lang": "ko"}),
     ("malformed", {"text": "not a conversation", "lang": "en"}),
     ("malformed", {"conversations": [{"from": "human", "value": 3}, {"from": "gpt", "value": "y"}], "lang": "en"}),
-    ("too_long", {"conversations": [{"from": "human", "value": "long " * 400}, {"from": "gpt", "value": "ok"}], "lang": "en"}),
+    ("too_long", {"conversations": [{"from": "human", "value": "long " * 400}, {"from": "gpt", "value": "ok"}], "lang": "en"}),  # noqa: E501
 ]
 
 
@@ -56,7 +56,7 @@ def _ids(tok, text):
 def test_labels_token_by_token(tmp_path, tok):
     """Expected labels built independently: tokenize template pieces separately, mark assistant pieces."""
     path = _write(tmp_path / "d.jsonl", [GOOD[1]])
-    dm = SFTDataModule(TOKENIZER, [SFTSource(path)], lang_weights={"en": 1.0}, max_length=256, val_fraction=0.0)
+    dm = SFTDataModule(TOKENIZER, [SFTSource(path)], lang_weights={"en": 1.0}, seq_len=256, val_fraction=0.0)
     dm.setup("fit")
     (ex,) = dm.train_examples
     pieces = [  # (text, trained?)
@@ -79,7 +79,7 @@ def test_labels_token_by_token(tmp_path, tok):
 
 def test_korean_multibyte_labels(tmp_path, tok):
     path = _write(tmp_path / "d.jsonl", [GOOD[0]])
-    dm = SFTDataModule(TOKENIZER, [path], lang_weights={"ko": 1.0}, max_length=256, val_fraction=0.0)
+    dm = SFTDataModule(TOKENIZER, [path], lang_weights={"ko": 1.0}, seq_len=256, val_fraction=0.0)
     dm.setup()
     (ex,) = dm.train_examples
     trained = [i for i in ex["labels"] if i != IGNORE_INDEX]
@@ -92,7 +92,7 @@ def test_skipped_counted_per_reason_and_never_trained(tmp_path):
     path = _write(tmp_path / "d.jsonl", GOOD + [r for _, r in BAD], extra_lines=["{not json"])
     other = _write(tmp_path / "ja.jsonl", [{"messages": [{"role": "user", "content": "こんにちは"},
                                                           {"role": "assistant", "content": "はい"}]}])
-    dm = SFTDataModule(TOKENIZER, [SFTSource(path), SFTSource(other, language="ja")], max_length=128,
+    dm = SFTDataModule(TOKENIZER, [SFTSource(path), SFTSource(other, language="ja")], seq_len=128,
                        val_fraction=0.0)
     dm.setup("fit")
     expected = {r: 0 for r in dm.skipped}
@@ -110,7 +110,7 @@ def test_skipped_counted_per_reason_and_never_trained(tmp_path):
 
 def test_padded_batches(tmp_path, tok):
     path = _write(tmp_path / "d.jsonl", GOOD)
-    dm = SFTDataModule(TOKENIZER, [path], lang_weights={"ko": 1, "en": 1}, max_length=256, batch_size=4,
+    dm = SFTDataModule(TOKENIZER, [path], lang_weights={"ko": 1, "en": 1}, seq_len=256, batch_size=4,
                        val_fraction=0.0)
     batch = next(iter(dm.train_dataloader()))
     assert set(batch) == {"input_ids", "attention_mask", "labels"}
@@ -125,23 +125,26 @@ def test_padded_batches(tmp_path, tok):
 def test_language_mix_follows_weights(tmp_path):
     records = [GOOD[0]] * 10 + [GOOD[2]] * 30
     path = _write(tmp_path / "d.jsonl", records)
-    dm = SFTDataModule(TOKENIZER, [path], lang_weights={"ko": 1.0, "en": 1.0}, max_length=128, val_fraction=0.1)
+    dm = SFTDataModule(TOKENIZER, [path], lang_weights={"ko": 1.0, "en": 1.0}, seq_len=128, val_fraction=0.1)
     dm.setup()
     assert {k: len(v) for k, v in dm.val_examples.items()} == {"ko": 1, "en": 3}
     assert dm.mix == {"ko": {"available": 9, "drawn": 18}, "en": {"available": 27, "drawn": 18}}
-    dm3 = SFTDataModule(TOKENIZER, [path], lang_weights={"ko": 3.0, "en": 1.0}, max_length=128, val_fraction=0.0)
+    dm3 = SFTDataModule(TOKENIZER, [path], lang_weights={"ko": 3.0, "en": 1.0}, seq_len=128, val_fraction=0.0)
     dm3.setup()
     assert dm3.mix["ko"]["drawn"] == 30 and dm3.mix["en"]["drawn"] == 10
-    assert len(dm.val_dataloader()) == 1
-    dm_pl = SFTDataModule(TOKENIZER, [path], max_length=128, val_fraction=0.1, val_per_language=True)
-    assert [len(dl.dataset) for dl in dm_pl.val_dataloader()] == [1, 3]
+    merged = dm.val_dataloader()
+    assert "language" not in next(iter(merged))  # a merged loader names no language: it is logged as "all"
+    dm_pl = SFTDataModule(TOKENIZER, [path], seq_len=128, val_fraction=0.1, val_per_language=True)
+    loaders = dm_pl.val_dataloader()
+    assert [len(dl.dataset) for dl in loaders] == [1, 3]
+    assert [next(iter(dl))["language"] for dl in loaders] == dm_pl.val_languages == ["ko", "en"]
     with pytest.raises(ELOError, match="no usable"):
         SFTDataModule(TOKENIZER, [path], lang_weights={"ja": 1.0}).setup()
 
 
 def test_packing_never_mixes_conversations(tmp_path, tok):
     path = _write(tmp_path / "d.jsonl", GOOD)
-    dm = SFTDataModule(TOKENIZER, [path], lang_weights={"ko": 1, "en": 1}, max_length=160, batch_size=2,
+    dm = SFTDataModule(TOKENIZER, [path], lang_weights={"ko": 1, "en": 1}, seq_len=160, batch_size=2,
                        packing=True, val_fraction=0.0, seed=3)
     dm.setup()
     batch = next(iter(dm.train_dataloader()))
@@ -182,7 +185,7 @@ def test_packing_never_mixes_conversations(tmp_path, tok):
 
 @pytest.mark.skipif(not SAMPLE.is_file(), reason="shipped SFT sample missing")
 def test_shipped_sample_setup():
-    dm = SFTDataModule(TOKENIZER, [str(SAMPLE)], max_length=512, batch_size=2)
+    dm = SFTDataModule(TOKENIZER, [str(SAMPLE)], seq_len=512, batch_size=2)
     dm.setup("fit")
     assert set(dm.mix) == {"ko", "en"} and dm.mix["ko"]["drawn"] == dm.mix["en"]["drawn"]
     assert dm.dropped_languages.get("ja", 0) > 0
@@ -196,7 +199,7 @@ def test_shipped_sample_setup():
     ({"lang_weights": {"ko": float("inf")}}, r"lang_weights\['ko'\] must be a finite number >= 0"),
     ({"lang_weights": {"ko": -1.0, "en": 1.0}}, r"lang_weights\['ko'\] must be a finite number >= 0"),
     ({"lang_weights": {"ko": 0.0, "en": 0.0}}, "lang_weights sum to zero"),
-    ({"max_length": 0}, "max_length must be >= 2"),
+    ({"seq_len": 0}, "seq_len must be >= 2"),
     ({"batch_size": 0}, "batch_size must be >= 1"),
     ({"num_workers": -1}, "num_workers must be >= 0"),
     ({"files": []}, "files is empty"),

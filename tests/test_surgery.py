@@ -2,12 +2,11 @@ import copy
 
 import pytest
 import torch
+from tiny_models import tiny_model
 from transformers import AutoModelForCausalLM
 
 from elo_lightning.errors import ELOError
 from elo_lightning.surgery import attach, detach, load_detached, parse_layers, save_detached
-
-from tiny_models import tiny_model
 
 
 def same_state(a, b) -> bool:
@@ -15,7 +14,9 @@ def same_state(a, b) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-@pytest.mark.parametrize("spec,expected", [("1,-1", [0, 5]), ("1,3,6", [0, 2, 5]), ([6, 1], [0, 5]), ("-6", [0]), (3, [2])])
+@pytest.mark.parametrize(
+    "spec,expected", [("1,-1", [0, 5]), ("1,3,6", [0, 2, 5]), ([6, 1], [0, 5]), ("-6", [0]), (3, [2])]
+)
 def test_parse_layers(spec, expected):
     assert parse_layers(spec, 6) == expected
 

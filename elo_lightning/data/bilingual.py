@@ -37,7 +37,7 @@ Training stream (``_PackedStream``, an IterableDataset)
 
 Validation: one map-style dataset per language with ``valid`` files: its first ``val_max_sequences`` packed
 sequences, read in file order (no shuffling, no mixing); ``val_dataloader()`` returns one DataLoader per
-language in ``val_languages`` order.
+language in ``val_languages`` order, and every validation batch carries its ``language``.
 """
 
 from __future__ import annotations
@@ -48,11 +48,13 @@ import math
 import random
 import warnings
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 
 from elo_lightning.data.sources import (
     HubSpec,
@@ -62,6 +64,7 @@ from elo_lightning.data.sources import (
     iter_hub_records,
     resolve_entries,
 )
+from elo_lightning.dist import rank_and_world
 from elo_lightning.errors import ELOError
 
 STATE_VERSION = 1
@@ -85,11 +88,7 @@ class LanguageSource:
 
 # --- distributed / worker info (module-level so tests can monkeypatch them) ------------------------------
 
-def _dist_info() -> tuple[int, int]:
-    """(global_rank, world_size) from torch.distributed if initialized, else (0, 1)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+_dist_info = rank_and_world  # module-level name: tests simulate other ranks by patching it
 
 
 def _worker_info() -> tuple[int, int]:
@@ -224,17 +223,17 @@ class _PackedStream(IterableDataset):
             i = self.names.index(carry["lang"])
             cur = [i, carry["at"], _encode(self.tokenizer, readers[i].text_at(carry["at"]), self.bos, self.eos),
                    carry["offset"]]
-        L = self.seq_len
+        seq_len = self.seq_len
         while True:
             seq: list[int] = []
-            while len(seq) < L:
+            while len(seq) < seq_len:
                 if cur is None:
                     i = self._pick(tokens)
                     at, text = next(gens[i])
                     ids = _encode(self.tokenizer, text, self.bos, self.eos)
                     tokens[i] += len(ids)
                     cur = [i, at, ids, 0]
-                take = min(L - len(seq), len(cur[2]) - cur[3])
+                take = min(seq_len - len(seq), len(cur[2]) - cur[3])
                 seq.extend(cur[2][cur[3]:cur[3] + take])
                 cur[3] += take
                 if cur[3] == len(cur[2]):
@@ -254,6 +253,7 @@ class _PackedValid(Dataset):
 
     def __init__(self, tokenizer, name: str, shards: list | HubSpec, text_field: str, seq_len: int,
                  add_bos: bool, max_sequences: int | None):
+        self.name = name
         bos = tokenizer.bos_token_id if add_bos else None
         reader = ShardReader(text_field)
         shard_list = [shards] if isinstance(shards, HubSpec) else shards
@@ -286,10 +286,16 @@ class _PackedValid(Dataset):
         return {"input_ids": self.sequences[i], "labels": self.sequences[i].clone()}
 
 
+def collate_with_language(items: list[dict], language: str) -> dict:
+    """Default collation, plus the language the batch belongs to (validation is logged by it)."""
+    return {**default_collate(items), "language": language}
+
+
 # --- the datamodule ---------------------------------------------------------------------------------------
 
 class BilingualDataModule(L.LightningDataModule):
-    """Token-mixed packed pre-training data over several languages (e.g. en:ko = 1:9, the paper default).
+    """Token-mixed packed pre-training data over any number of languages (e.g. en:ko = 1:9, the paper default;
+    the name is historical: one, two or more languages all work).
 
     Args:
         tokenizer: path or id given to ``AutoTokenizer.from_pretrained`` (e.g. ``configs/tokenizer``).
@@ -324,6 +330,17 @@ class BilingualDataModule(L.LightningDataModule):
         self._next_role: dict[int, int] = {}     # per rank: the worker role whose batch comes next
         self._loaded: dict | None = None         # state from load_state_dict, checked in train_dataloader
 
+    @classmethod
+    def from_folder(cls, folder: str | Path, weights: dict[str, float], tokenizer: str,
+                    **kwargs) -> BilingualDataModule:
+        """Languages laid out as ``<folder>/<lang>/train-*.jsonl`` and ``<folder>/<lang>/valid.jsonl`` (the shipped
+        sample), mixed by ``weights``; ``kwargs`` go to the constructor."""
+        folder = Path(folder)
+        languages = [LanguageSource(name=lang, train=[str(folder / lang / "train-*.jsonl")],
+                                    valid=[str(folder / lang / "valid.jsonl")], weight=w)
+                     for lang, w in weights.items()]
+        return cls(tokenizer=tokenizer, languages=languages, **kwargs)
+
     # -- checks --------------------------------------------------------------------------------------------
     def _check_arguments(self) -> None:
         if not self.languages:
@@ -339,7 +356,8 @@ class BilingualDataModule(L.LightningDataModule):
             if not isinstance(w, (int, float)) or math.isnan(w) or math.isinf(w) or w < 0:
                 raise ELOError(f"language {lang.name!r}: weight must be a finite number >= 0, got {w!r}")
         if sum(lang.weight for lang in self.languages) <= 0:
-            raise ELOError(f"BilingualDataModule: language weights sum to zero ({ {n: l.weight for n, l in zip(names, self.languages)} })")
+            weights = {lang.name: lang.weight for lang in self.languages}
+            raise ELOError(f"BilingualDataModule: language weights sum to zero ({weights})")
         if self.seq_len < 2:
             raise ELOError(f"BilingualDataModule: seq_len must be >= 2, got {self.seq_len}")
         if self.batch_size < 1 or self.val_batch_size < 1:
@@ -447,7 +465,8 @@ class BilingualDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> list[DataLoader]:
         return [DataLoader(ds, batch_size=self.val_batch_size, shuffle=False, num_workers=self.num_workers,
-                           pin_memory=self.pin_memory) for ds in self._build_val_sets()]
+                           pin_memory=self.pin_memory, collate_fn=partial(collate_with_language, language=ds.name))
+                for ds in self._build_val_sets()]
 
     # -- resume --------------------------------------------------------------------------------------------
     def on_before_batch_transfer(self, batch, dataloader_idx: int = 0):
@@ -546,8 +565,3 @@ class BilingualDataModule(L.LightningDataModule):
         if st["weights"] != self.weights:
             warnings.warn(f"resuming the data stream with new mixing weights {self.weights} "
                           f"(checkpoint: {st['weights']}); the token counts so far are kept", stacklevel=2)
-
-    def describe(self) -> dict:
-        """Plain summary for logs."""
-        return {"languages": [asdict(lang) for lang in self.languages], "weights": self.weights,
-                "seq_len": self.seq_len, "num_streams": self.num_streams}

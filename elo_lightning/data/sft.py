@@ -24,13 +24,13 @@ it every epoch. Validation holds out ``val_fraction`` of each language *before* 
 
 Malformed conversations are never trained on: they are counted per reason in ``datamodule.skipped``
 (``invalid_json``, ``malformed``, ``empty``, ``unknown_role``, ``no_assistant_turn``, ``template_mismatch``,
-``too_long``) and summarised at setup. Conversations longer than ``max_length`` are skipped, not truncated.
+``too_long``) and summarised at setup. Conversations longer than ``seq_len`` are skipped, not truncated.
 
 Batches (dicts passed straight to an HF causal LM):
 
 * ``packing=False``: ``input_ids``, ``attention_mask``, ``labels``, right-padded to the batch max with the pad id
   (labels ``-100`` on pads).
-* ``packing=True``: several conversations per row (greedy, up to ``max_length`` tokens), ``input_ids``,
+* ``packing=True``: several conversations per row (greedy, up to ``seq_len`` tokens), ``input_ids``,
   ``labels``, ``position_ids`` restarting at 0 for each conversation and **no** ``attention_mask``: transformers
   (>=4.56, ``masking_utils.find_packed_sequence_indices``) then builds a block-diagonal causal mask from the
   position ids for sdpa/eager/flash attention, so conversations in one row never attend to each other (tested:
@@ -48,6 +48,7 @@ import math
 import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -57,17 +58,13 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
 from elo_lightning.errors import ELOError
+from elo_lightning.tokenizer import FALLBACK_CHAT_TEMPLATE
+
+__all__ = ["FALLBACK_CHAT_TEMPLATE", "IGNORE_INDEX", "SFTDataModule", "SFTSource"]
 
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
-
-FALLBACK_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|' + message['role'] + '|>\\n' + message['content'] + eos_token + '\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
-)
 
 ROLE_MAP = {
     "human": "user",
@@ -149,11 +146,11 @@ def normalize_conversation(record: Any) -> list[dict[str, str]]:
 class ChatEncoder:
     """Renders conversations with a chat template and builds assistant-only labels."""
 
-    def __init__(self, tokenizer: Any, max_length: int):
+    def __init__(self, tokenizer: Any, seq_len: int):
         self.tokenizer = tokenizer
-        self.max_length = max_length
+        self.seq_len = seq_len
         if getattr(tokenizer, "chat_template", None) is None:
-            rank_zero_warn("tokenizer has no chat template; using elo_lightning.data.sft.FALLBACK_CHAT_TEMPLATE")
+            rank_zero_warn("tokenizer has no chat template; using elo_lightning.tokenizer.FALLBACK_CHAT_TEMPLATE")
             tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
         if not getattr(tokenizer, "is_fast", False):
             raise ELOError("SFT labels need a fast tokenizer (offset mapping); got a slow one")
@@ -193,7 +190,7 @@ class ChatEncoder:
                 spans.append((pos, end))
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids = list(enc["input_ids"])
-        if len(ids) > self.max_length:
+        if len(ids) > self.seq_len:
             raise _Skip("too_long")
         labels = [IGNORE_INDEX] * len(ids)
         k = 0
@@ -223,13 +220,13 @@ class _ListDataset(Dataset):
         return self.items[i]
 
 
-def pack_examples(examples: list[dict[str, Any]], max_length: int) -> list[dict[str, list[int]]]:
+def pack_examples(examples: list[dict[str, Any]], seq_len: int) -> list[dict[str, list[int]]]:
     """Greedy next-fit packing: conversations in order, a new row when the next one does not fit."""
     rows: list[dict[str, list[int]]] = []
     cur: dict[str, list[int]] = {"input_ids": [], "labels": [], "position_ids": []}
     for ex in examples:
         n = len(ex["input_ids"])
-        if cur["input_ids"] and len(cur["input_ids"]) + n > max_length:
+        if cur["input_ids"] and len(cur["input_ids"]) + n > seq_len:
             rows.append(cur)
             cur = {"input_ids": [], "labels": [], "position_ids": []}
         labels = list(ex["labels"])
@@ -242,9 +239,17 @@ def pack_examples(examples: list[dict[str, Any]], max_length: int) -> list[dict[
     return rows
 
 
-def collate(items: list[dict[str, Any]], pad_id: int, packed: bool) -> dict[str, Any]:
+def collate(items: list[dict[str, Any]], pad_id: int, packed: bool, language: str | None = None) -> dict[str, Any]:
     """Right-pad rows to the batch max. Unpacked rows get an attention_mask; packed rows get position_ids that
-    restart per conversation (padding is its own block), from which transformers builds a block-diagonal mask."""
+    restart per conversation (padding is its own block), from which transformers builds a block-diagonal mask.
+    ``language``: the loader's language, carried by the batch (validation is logged by it)."""
+    batch = _collate_rows(items, pad_id, packed)
+    if language is not None:
+        batch["language"] = language
+    return batch
+
+
+def _collate_rows(items: list[dict[str, Any]], pad_id: int, packed: bool) -> dict[str, Any]:
     width = max(len(x["input_ids"]) for x in items)
     ids = torch.full((len(items), width), pad_id, dtype=torch.long)
     labels = torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long)
@@ -289,7 +294,7 @@ def mix_by_language(
 # --------------------------------------------------------------------------------------------------- module
 
 
-def check_arguments(files: list[SFTSource], lang_weights: dict[str, float], max_length: int, batch_size: int,
+def check_arguments(files: list[SFTSource], lang_weights: dict[str, float], seq_len: int, batch_size: int,
                     num_workers: int, val_fraction: float) -> None:
     """Every SFTDataModule argument, before any file is opened. Raises ELOError."""
     if not files:
@@ -301,8 +306,8 @@ def check_arguments(files: list[SFTSource], lang_weights: dict[str, float], max_
             raise ELOError(f"SFTDataModule: lang_weights[{lang!r}] must be a finite number >= 0, got {w!r}")
     if sum(lang_weights.values()) <= 0:
         raise ELOError(f"SFTDataModule: lang_weights sum to zero ({lang_weights}): nothing to train on")
-    if max_length < 2:
-        raise ELOError(f"SFTDataModule: max_length must be >= 2, got {max_length}")
+    if seq_len < 2:
+        raise ELOError(f"SFTDataModule: seq_len must be >= 2, got {seq_len}")
     if batch_size < 1:
         raise ELOError(f"SFTDataModule: batch_size must be >= 1, got {batch_size}")
     if num_workers < 0:
@@ -318,7 +323,7 @@ class SFTDataModule(L.LightningDataModule):
         tokenizer: tokenizer directory (e.g. ``configs/tokenizer`` or the model directory).
         files: JSONL sources; plain strings are accepted as ``SFTSource(path)``.
         lang_weights: languages to train on and their shares of the epoch (default ``{"ko": 1, "en": 1}``).
-        max_length: longest conversation in tokens (longer ones are skipped) and packed row length.
+        seq_len: longest conversation in tokens (longer ones are skipped) and packed row length.
         batch_size: rows per batch (conversations, or packed rows with ``packing``).
         num_workers: DataLoader workers.
         seed: split, mix and shuffle seed.
@@ -332,7 +337,7 @@ class SFTDataModule(L.LightningDataModule):
         tokenizer: str = "configs/tokenizer",
         files: list[SFTSource] | None = None,
         lang_weights: dict[str, float] | None = None,
-        max_length: int = 2048,
+        seq_len: int = 2048,
         batch_size: int = 8,
         num_workers: int = 0,
         seed: int = 42,
@@ -348,8 +353,8 @@ class SFTDataModule(L.LightningDataModule):
         self.files = [SFTSource(**f) if isinstance(f, dict) else f for f in self.files]
         self.tokenizer_path = tokenizer
         self.lang_weights = dict(DEFAULT_LANG_WEIGHTS if lang_weights is None else lang_weights)
-        check_arguments(self.files, self.lang_weights, max_length, batch_size, num_workers, val_fraction)
-        self.max_length = max_length
+        check_arguments(self.files, self.lang_weights, seq_len, batch_size, num_workers, val_fraction)
+        self.seq_len = seq_len
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
@@ -400,7 +405,33 @@ class SFTDataModule(L.LightningDataModule):
         if self._ready:
             return
         self._check_files()
-        encoder = ChatEncoder(self.load_tokenizer(), self.max_length)
+        by_lang, skipped, dropped = self._read_by_language(ChatEncoder(self.load_tokenizer(), self.seq_len))
+        self.skipped = {reason: skipped.get(reason, 0) for reason in SKIP_REASONS}
+        self.dropped_languages = dict(dropped)
+        if not any(by_lang.values()):
+            raise ELOError(
+                f"no usable SFT conversations in {[s.path for s in self.files]} for languages "
+                f"{sorted(self.lang_weights)} (skipped: {dict(skipped)}, other languages: {dict(dropped)})"
+            )
+        train_by_lang = self._hold_out_validation(by_lang)
+        self.val_examples = {k: v for k, v in self.val_examples.items() if v}
+        self.val_languages = [lang for lang in self.lang_weights if lang in self.val_examples]
+        self.train_examples, self.mix = mix_by_language(train_by_lang, self.lang_weights, self.seed)
+        missing = [lang for lang in self.lang_weights if self.lang_weights[lang] > 0 and lang not in self.mix]
+        if missing:
+            rank_zero_warn(f"SFT: no usable conversations for languages {missing}")
+        self._ready = True
+        n_skip = sum(self.skipped.values())
+        rank_zero_info(
+            f"SFT data: {sum(len(v) for v in by_lang.values())} conversations kept "
+            f"({', '.join(f'{k}={len(v)}' for k, v in sorted(by_lang.items()))}); "
+            f"train mix {self.mix}; val {({k: len(v) for k, v in self.val_examples.items()})}; "
+            f"skipped {n_skip} {({k: v for k, v in self.skipped.items() if v})}; "
+            f"other languages dropped {self.dropped_languages}"
+        )
+
+    def _read_by_language(self, encoder: ChatEncoder) -> tuple[dict[str, list[dict[str, Any]]], Counter, Counter]:
+        """Encoded conversations of the selected languages, and the counts of skipped / other-language records."""
         skipped: Counter[str] = Counter()
         dropped: Counter[str] = Counter()
         by_lang: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -425,13 +456,10 @@ class SFTDataModule(L.LightningDataModule):
                         continue
                     example["lang"] = lang
                     by_lang[lang].append(example)
-        self.skipped = {reason: skipped.get(reason, 0) for reason in SKIP_REASONS}
-        self.dropped_languages = dict(dropped)
-        if not any(by_lang.values()):
-            raise ELOError(
-                f"no usable SFT conversations in {[s.path for s in self.files]} for languages "
-                f"{sorted(self.lang_weights)} (skipped: {dict(skipped)}, other languages: {dict(dropped)})"
-            )
+        return by_lang, skipped, dropped
+
+    def _hold_out_validation(self, by_lang: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+        """Set ``val_examples`` (``val_fraction`` of each language, seeded) and return the rest, per language."""
         rng = random.Random(self.seed)
         train_by_lang: dict[str, list[dict[str, Any]]] = {}
         self.val_examples = {}
@@ -443,31 +471,14 @@ class SFTDataModule(L.LightningDataModule):
                 n_val = 1
             self.val_examples[lang] = items[:n_val]
             train_by_lang[lang] = items[n_val:]
-        self.val_examples = {k: v for k, v in self.val_examples.items() if v}
-        self.val_languages = [lang for lang in self.lang_weights if lang in self.val_examples]
-        self.train_examples, self.mix = mix_by_language(train_by_lang, self.lang_weights, self.seed)
-        missing = [lang for lang in self.lang_weights if self.lang_weights[lang] > 0 and lang not in self.mix]
-        if missing:
-            rank_zero_warn(f"SFT: no usable conversations for languages {missing}")
-        self._ready = True
-        n_skip = sum(self.skipped.values())
-        rank_zero_info(
-            f"SFT data: {sum(len(v) for v in by_lang.values())} conversations kept "
-            f"({', '.join(f'{k}={len(v)}' for k, v in sorted(by_lang.items()))}); "
-            f"train mix {self.mix}; val {({k: len(v) for k, v in self.val_examples.items()})}; "
-            f"skipped {n_skip} {({k: v for k, v in self.skipped.items() if v})}; "
-            f"other languages dropped {self.dropped_languages}"
-        )
+        return train_by_lang
 
     # ----------------------------------------------------------------------------------------------- loaders
 
     def _rows(self, examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return pack_examples(examples, self.max_length) if self.packing else examples
+        return pack_examples(examples, self.seq_len) if self.packing else examples
 
-    def _collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        return collate(items, self.pad_id, self.packing)
-
-    def _loader(self, rows: list[dict[str, Any]], shuffle: bool) -> DataLoader:
+    def _loader(self, rows: list[dict[str, Any]], shuffle: bool, language: str | None = None) -> DataLoader:
         gen = torch.Generator().manual_seed(self.seed) if shuffle else None
         return DataLoader(
             _ListDataset(rows),
@@ -475,7 +486,7 @@ class SFTDataModule(L.LightningDataModule):
             shuffle=shuffle,
             generator=gen,
             num_workers=self.num_workers,
-            collate_fn=self._collate,
+            collate_fn=partial(collate, pad_id=self.pad_id, packed=self.packing, language=language),
             persistent_workers=self.num_workers > 0,
         )
 
@@ -486,17 +497,7 @@ class SFTDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         self.setup("validate")
         if self.val_per_language:
-            return [self._loader(self._rows(self.val_examples[lang]), shuffle=False) for lang in self.val_languages]
+            return [self._loader(self._rows(self.val_examples[lang]), shuffle=False, language=lang)
+                    for lang in self.val_languages]
         merged = [ex for lang in self.val_languages for ex in self.val_examples[lang]]
         return self._loader(self._rows(merged), shuffle=False)
-
-    def summary(self) -> dict[str, Any]:
-        """What setup kept, mixed and skipped (for logs/manifests)."""
-        return {
-            "mix": self.mix,
-            "val": {k: len(v) for k, v in self.val_examples.items()},
-            "skipped": dict(self.skipped),
-            "dropped_languages": dict(self.dropped_languages),
-            "packing": self.packing,
-            "max_length": self.max_length,
-        }

@@ -117,6 +117,41 @@ def _load(model: Any, tokenizer: Any, dtype: str) -> tuple[Any, Any]:
     return model, tokenizer
 
 
+def _score_windows(model: Any, windows: list[list[int]], window_bytes: list[list[int]], batch_size: int, pad_id: int,
+                   dev: torch.device) -> dict[str, float]:
+    """NLL summed over every predicted token of the windows, in batches; the per-language metrics from it."""
+    nll_sum, tok_sum, byte_sum = SumMetric(), SumMetric(), SumMetric()
+    for b in range(0, len(windows), batch_size):
+        chunk = windows[b : b + batch_size]
+        width = max(len(w) for w in chunk)
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for r, w in enumerate(chunk):
+            ids[r, : len(w)] = torch.tensor(w)
+            mask[r, : len(w)] = 1
+        ids, mask = ids.to(dev), mask.to(dev)
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
+        targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+        nll = F.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum",
+        )
+        nll_sum.update(nll.detach().cpu().double())
+        tok_sum.update(float((targets != -100).sum().item()))
+        byte_sum.update(float(sum(sum(x) for x in window_bytes[b : b + batch_size])))
+    total_nll = float(nll_sum.compute())
+    n_tok = int(tok_sum.compute())
+    n_bytes = int(byte_sum.compute())
+    loss = total_nll / n_tok
+    return {
+        "loss": loss,
+        "perplexity": math.exp(loss),
+        "bits_per_byte": total_nll / math.log(2) / n_bytes if n_bytes else float("nan"),
+        "tokens": n_tok,
+        "bytes": n_bytes,
+        "sequences": len(windows),
+    }
+
+
 @torch.no_grad()
 def evaluate_perplexity(
     model: Any,
@@ -156,36 +191,7 @@ def evaluate_perplexity(
             windows, window_bytes = build_windows(tokenizer, docs, seq_len, max_sequences)
             if not windows:
                 raise ELOError(f"no text to evaluate for language {lang!r} in {files}")
-            nll_sum, tok_sum, byte_sum = SumMetric(), SumMetric(), SumMetric()
-            for b in range(0, len(windows), batch_size):
-                chunk = windows[b : b + batch_size]
-                width = max(len(w) for w in chunk)
-                ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(chunk), width), dtype=torch.long)
-                for r, w in enumerate(chunk):
-                    ids[r, : len(w)] = torch.tensor(w)
-                    mask[r, : len(w)] = 1
-                ids, mask = ids.to(dev), mask.to(dev)
-                logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
-                targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
-                nll = F.cross_entropy(
-                    logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum"
-                )
-                nll_sum.update(nll.detach().cpu().double())
-                tok_sum.update(float((targets != -100).sum().item()))
-                byte_sum.update(float(sum(sum(x) for x in window_bytes[b : b + batch_size])))
-            total_nll = float(nll_sum.compute())
-            n_tok = int(tok_sum.compute())
-            n_bytes = int(byte_sum.compute())
-            loss = total_nll / n_tok
-            results[lang] = {
-                "loss": loss,
-                "perplexity": math.exp(loss),
-                "bits_per_byte": total_nll / math.log(2) / n_bytes if n_bytes else float("nan"),
-                "tokens": n_tok,
-                "bytes": n_bytes,
-                "sequences": len(windows),
-            }
+            results[lang] = _score_windows(model, windows, window_bytes, batch_size, pad_id, dev)
     finally:
         if was_training:
             model.train()

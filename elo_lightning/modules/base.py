@@ -2,6 +2,9 @@
 
 Subclasses only say which model they train (``build_model``: load, cut, freeze). The model is built in
 ``configure_model`` so that sharding strategies can wrap it and so that big models are never built twice.
+
+Validation is by language: every validation batch carries its ``language`` (set by the datamodule's loader);
+a batch without one (a merged loader) is logged as ``all``, never under some language's name.
 """
 
 from __future__ import annotations
@@ -12,20 +15,21 @@ from typing import Any, ClassVar
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_only
 from torchmetrics import MeanMetric
 from transformers import PreTrainedModel
 
 from elo_lightning.errors import ELOError
 from elo_lightning.export import export_hf, stage_manifest
-from elo_lightning.sharding import ShardingConfig, build_sharded
 from elo_lightning.optim import OptimizerConfig, build_optimizer, build_scheduler
+from elo_lightning.sharding import ShardingConfig, build_sharded
 
 HF_BATCH_KEYS = ("input_ids", "labels", "attention_mask", "position_ids", "use_cache")
+LANGUAGE_KEY = "language"  # validation batches: the language they belong to
+MERGED = "all"  # the name of a validation batch that carries no language
 
 
 class CausalLMModule(L.LightningModule):
-    stage: ClassVar[str] = "causal_lm"
+    stage: ClassVar[str] = "causal_lm"  # the registry name (elo_lightning.modules.STAGES)
 
     def __init__(
         self,
@@ -76,15 +80,20 @@ class CausalLMModule(L.LightningModule):
         return self._tokenizer
 
     # -- model ------------------------------------------------------------------------------------
+    def build_training_model(self, device: str = "cpu") -> PreTrainedModel:
+        """``build_model`` in train mode (from_pretrained returns eval mode), with HF gradient checkpointing if on."""
+        model = self.build_model(device=device).train()
+        if self.hparams.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        return model
+
     def configure_model(self) -> None:
         if self.model is not None:
             return
         if self.device_mesh is not None:  # FSDP2: rank 0 loads, the others build on meta, then shard + broadcast
             self.model = build_sharded(self, self.device_mesh, self.hparams.sharding or ShardingConfig())
         else:
-            self.model = self.build_model().train()  # from_pretrained returns eval mode
-            if self.hparams.gradient_checkpointing:
-                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.model = self.build_training_model()
         # No KV cache in training: with one, transformers ignores packed position_ids and lets packed docs attend.
         self.model.config.use_cache = False
 
@@ -94,7 +103,7 @@ class CausalLMModule(L.LightningModule):
         if tokenizer is not None:
             from elo_lightning.models import load_config
 
-            vocab = load_config(self.config_source()).vocab_size
+            vocab = load_config(self.source).vocab_size
             if len(tokenizer) > vocab:
                 raise ELOError(
                     f"tokenizer has {len(tokenizer)} tokens but the model's vocabulary has {vocab}: "
@@ -103,15 +112,12 @@ class CausalLMModule(L.LightningModule):
         for lang in getattr(dm, "val_languages", None) or []:
             self.val_metrics[lang] = MeanMetric()
 
-    def config_source(self) -> str:
-        return self.source
-
     def check_inputs(self) -> None:
         """Cheap checks of the inputs (config, layer specs, manifests; no weights), which the CLI runs before the
         trainer creates any folder. Raises ELOError."""
         from elo_lightning.models import load_config
 
-        load_config(self.config_source())
+        load_config(self.source)
 
     def trainable_named_parameters(self):
         return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
@@ -147,8 +153,7 @@ class CausalLMModule(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        languages = list(self.val_metrics.keys())
-        lang = languages[dataloader_idx] if languages else "all"
+        lang = batch.get(LANGUAGE_KEY) or MERGED
         if lang not in self.val_metrics:
             self.val_metrics[lang] = MeanMetric().to(self.device)
         loss = self(batch)
@@ -175,7 +180,3 @@ class CausalLMModule(L.LightningModule):
     def on_fit_end(self) -> None:
         if self.hparams.export_dir:
             self.export(self.hparams.export_dir)
-
-    @rank_zero_only
-    def _print(self, msg: str) -> None:
-        print(msg)

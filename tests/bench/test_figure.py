@@ -1,14 +1,12 @@
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from elo_lightning import figure
+from elo_lightning.bench import figure
+from elo_lightning.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def fake_results(path, with_lora=True):
@@ -75,14 +73,17 @@ def test_missing_method_reads_na(tmp_path):
     assert "n/a" in out["markdown"]
 
 
-def test_cli(tmp_path):
+def test_elo_figure_command(tmp_path):
     p = fake_results(tmp_path / "results.json")
-    r = subprocess.run(
-        [sys.executable, "-m", "elo_lightning.figure", str(p), "--out", str(tmp_path / "cli")],
-        capture_output=True, text=True, cwd=ROOT,
-    )
-    assert r.returncode == 0, r.stderr
+    main(["figure", "--results", str(p), "--out", str(tmp_path / "cli")])
     assert (tmp_path / "cli" / "speedup.png").exists() and (tmp_path / "cli" / "speedup.md").exists()
+
+
+def test_bad_results_file_exits_2(tmp_path, capsys):
+    (tmp_path / "results.json").write_text('{"methods": {}}')
+    with pytest.raises(SystemExit) as exit_info:
+        main(["figure", "--results", str(tmp_path / "results.json")])
+    assert exit_info.value.code == 2 and "at least 'elo'" in capsys.readouterr().err
 
 
 def test_figure_cmd_default_out_next_to_results(tmp_path):
@@ -100,8 +101,10 @@ def test_notebook_executes(tmp_path, monkeypatch):
     monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(ROOT / "notebooks" / "speedup.ipynb", as_version=4)
     code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
-    assert "def " not in code  # uses elo_lightning.figure, no copied code
-    nbclient.NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
+    assert "def " not in code  # uses elo_lightning.bench.figure, no copied code
+    client = nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
+                                     resources={"metadata": {"path": str(ROOT)}})
+    client.execute()
     assert (tmp_path / "nb" / "speedup.png").exists()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     assert any("image/png" in o.get("data", {}) for o in outputs)

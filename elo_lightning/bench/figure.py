@@ -39,19 +39,20 @@ Paper numbers drawn beside ours: Table 1 (Llama-3.1-8B, 10 GB, 8x H100): FFT 19.
 jointly consistent with a time-linear-in-data model at one fixed LoRA speed (the speedup roughly doubles from 50 to
 200 GB while a linear model predicts ~+15%); we plot them as published.
 
-CLI: ``python -m elo_lightning.figure results.json --out DIR [--best-batch]`` (or ``elo figure --results ...``,
-via :func:`figure_cmd`) writes ``DIR/speedup.png`` and
-``DIR/speedup.md``.
+CLI: ``elo figure --results results.json [--out DIR] [--best_batch true]`` (:func:`figure_cmd`) writes
+``DIR/speedup.png`` and ``DIR/speedup.md``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
 from pathlib import Path
 from typing import Any, Sequence
+
+from elo_lightning.errors import ELOError
+from elo_lightning.io import read_json
+from elo_lightning.modules import STAGES
 
 __all__ = [
     "ALIGN_GB",
@@ -87,10 +88,9 @@ PAPER_FIG3_ELO_VS_LORA = {50: 5.29, 200: 10.72}  # paper Figure 3
 
 
 def load_results(path: str | os.PathLike) -> dict[str, Any]:
-    with open(path) as f:
-        res = json.load(f)
-    if not isinstance(res.get("methods"), dict) or "elo" not in res["methods"]:
-        raise ValueError(f"{path}: results.json needs a 'methods' dict with at least 'elo'")
+    res = read_json(path, "benchmark results.json")
+    if not isinstance(res, dict) or not isinstance(res.get("methods"), dict) or "elo" not in res["methods"]:
+        raise ELOError(f"{path}: results.json needs a 'methods' dict with at least 'elo'")
     return res
 
 
@@ -137,7 +137,8 @@ def time_table(
                 "elo_vs_fft": _div(fft, elo),
                 "elo_vs_lora": _div(lora, elo),
                 "paper_elo_vs_fft": (
-                    PAPER_TABLE1_H["fft"] / (PAPER_TABLE1_H["elo_phase"] + PAPER_TABLE1_H["align"]) if gb == 10 else None
+                    PAPER_TABLE1_H["fft"] / (PAPER_TABLE1_H["elo_phase"] + PAPER_TABLE1_H["align"])
+                    if gb == 10 else None
                 ),
                 "paper_elo_vs_lora": PAPER_FIG3_ELO_VS_LORA.get(int(gb)) if float(gb).is_integer() else None,
             }
@@ -160,10 +161,20 @@ def markdown_tables(res: dict[str, Any], rows: list[dict[str, Any]], best_batch:
         + f", seq_len {res.get('seq_len', '?')}",
         "",
         f"GB->tokens: {TOKENS_PER_GB:.3e} tokens/GB (estimate: {BYTES_PER_TOKEN} bytes/token, Korean text, Llama-3 "
-        f"tokenizer; see `elo_lightning.figure.BYTES_PER_TOKEN`). Throughput used: "
+        f"tokenizer; see `elo_lightning.bench.figure.BYTES_PER_TOKEN`). Throughput used: "
         + ("best batch size per method." if best_batch else "the common benchmark batch size.")
         + (f" Best batch: the fastest micro-batch whose peak memory stays within {res['memory_budget_gb']} GB."
            if res.get("memory_budget_gb") else ""),
+    ]
+    lines += _throughput_table(res) + _time_table_md(rows)
+    r10 = next((r for r in rows if r["data_gb"] == 10), None)
+    if r10 is not None:
+        lines += _table1_md(r10)
+    return "\n".join(lines) + "\n"
+
+
+def _throughput_table(res: dict[str, Any]) -> list[str]:
+    lines = [
         "",
         "## Measured throughput",
         "",
@@ -172,32 +183,31 @@ def markdown_tables(res: dict[str, Any], rows: list[dict[str, Any]], best_batch:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     analytic = res.get("analytic_flops_per_token") or {}
-    for name in ("elo", "freeze", "lora", "fft", "align"):
+    for name in STAGES:
         m = res["methods"].get(name)
         if not m:
             continue
         bb = m.get("best_batch") or {}
-        lines.append(
-            "| "
-            + " | ".join(
-                [
-                    name,
-                    _f(m.get("tokens_per_s"), "{:,.0f}"),
-                    _f(m.get("step_time_s"), "{:.3f}"),
-                    _f(m.get("flops_per_token"), "{:.3e}"),
-                    _f(analytic.get(name), "{:.3e}"),
-                    _f(_div(analytic.get(name), analytic.get("fft")), "{:.3f}"),
-                    _f(m.get("mfu"), "{:.1%}"),
-                    _f(m.get("peak_mem_gb"), "{:.1f}"),
-                    _f(m.get("trainable_params"), "{:,}"),
-                    _f(m.get("computed_params"), "{:,}"),
-                    _f(m.get("batch_size"), "{}"),
-                    f"{bb['batch_size']} ({bb['tokens_per_s']:,.0f})" if bb.get("batch_size") else "n/a",
-                ]
-            )
-            + " |"
-        )
-    lines += [
+        cells = [
+            name,
+            _f(m.get("tokens_per_s"), "{:,.0f}"),
+            _f(m.get("step_time_s"), "{:.3f}"),
+            _f(m.get("flops_per_token"), "{:.3e}"),
+            _f(analytic.get(name), "{:.3e}"),
+            _f(_div(analytic.get(name), analytic.get("fft")), "{:.3f}"),
+            _f(m.get("mfu"), "{:.1%}"),
+            _f(m.get("peak_mem_gb"), "{:.1f}"),
+            _f(m.get("trainable_params"), "{:,}"),
+            _f(m.get("computed_params"), "{:,}"),
+            _f(m.get("batch_size"), "{}"),
+            f"{bb['batch_size']} ({bb['tokens_per_s']:,.0f})" if bb.get("batch_size") else "n/a",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _time_table_md(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
         "",
         "## Training time vs data size (Figure 3)",
         "",
@@ -212,21 +222,22 @@ def markdown_tables(res: dict[str, Any], rows: list[dict[str, Any]], best_batch:
             f"| {_f(r['elo_vs_lora'], '{:.2f}x')} | {_f(r['paper_elo_vs_fft'], '{:.2f}x')} "
             f"| {_f(r['paper_elo_vs_lora'], '{:.2f}x')} |"
         )
-    r10 = next((r for r in rows if r["data_gb"] == 10), None)
-    if r10 is not None:
-        p = PAPER_TABLE1_H
-        lines += [
-            "",
-            "## Table 1 time columns (Llama-3.1-8B, 10 GB; paper on 8x H100, ours on our device)",
-            "",
-            "| | FFT (h) | ELO phase, 9 GB (h) | alignment, 1 GB (h) | ELO total (h) | FFT / ELO |",
-            "|---|---|---|---|---|---|",
-            f"| paper | {p['fft']:.1f} | {p['elo_phase']:.1f} | {p['align']:.1f} | {p['elo_phase'] + p['align']:.1f} "
-            f"| {p['fft'] / (p['elo_phase'] + p['align']):.2f}x |",
-            f"| ours | {_f(r10['fft_h'])} | {_f(r10['elo_phase_h'])} | {_f(r10['align_h'])} | {_f(r10['elo_h'])} "
-            f"| {_f(r10['elo_vs_fft'], '{:.2f}x')} |",
-        ]
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def _table1_md(r10: dict[str, Any]) -> list[str]:
+    p = PAPER_TABLE1_H
+    return [
+        "",
+        "## Table 1 time columns (Llama-3.1-8B, 10 GB; paper on 8x H100, ours on our device)",
+        "",
+        "| | FFT (h) | ELO phase, 9 GB (h) | alignment, 1 GB (h) | ELO total (h) | FFT / ELO |",
+        "|---|---|---|---|---|---|",
+        f"| paper | {p['fft']:.1f} | {p['elo_phase']:.1f} | {p['align']:.1f} | {p['elo_phase'] + p['align']:.1f} "
+        f"| {p['fft'] / (p['elo_phase'] + p['align']):.2f}x |",
+        f"| ours | {_f(r10['fft_h'])} | {_f(r10['elo_phase_h'])} | {_f(r10['align_h'])} | {_f(r10['elo_h'])} "
+        f"| {_f(r10['elo_vs_fft'], '{:.2f}x')} |",
+    ]
 
 
 def plot_speedup(res: dict[str, Any], rows: list[dict[str, Any]], path: str | os.PathLike):
@@ -237,6 +248,15 @@ def plot_speedup(res: dict[str, Any], rows: list[dict[str, Any]], path: str | os
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
+    _plot_hours(ax1, res, rows)
+    _plot_speedups(ax2, res, rows)
+    fig.suptitle(f"{res.get('arch', '?')}, seq_len {res.get('seq_len', '?')}, {res.get('device', '?')}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return fig
+
+
+def _plot_hours(ax1, res: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     sizes = [r["data_gb"] for r in rows]
     x = list(range(len(sizes)))
     w = 0.25
@@ -261,32 +281,35 @@ def plot_speedup(res: dict[str, Any], rows: list[dict[str, Any]], path: str | os
     ax1.set_title("Training time vs pretraining data size")
     ax1.legend(fontsize=7)
 
+
+def _plot_speedups(ax2, res: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    sizes = [r["data_gb"] for r in rows]
+
     def series(key):
         return [r[key] if r[key] is not None else float("nan") for r in rows]
 
     ax2.plot(sizes, series("elo_vs_lora"), "o-", color="#ff7f0e", label="ELO vs LoRA (ours)")
     ax2.plot(sizes, series("elo_vs_fft"), "o-", color="#d62728", label="ELO vs FFT (ours)")
     ps = sorted(PAPER_FIG3_ELO_VS_LORA)
-    ax2.plot(ps, [PAPER_FIG3_ELO_VS_LORA[s] for s in ps], "*--", ms=12, color="#ff7f0e", label="ELO vs LoRA (paper Fig. 3)")
+    ax2.plot(ps, [PAPER_FIG3_ELO_VS_LORA[s] for s in ps], "*--", ms=12, color="#ff7f0e",
+             label="ELO vs LoRA (paper Fig. 3)")
     p = PAPER_TABLE1_H
-    ax2.plot([10], [p["fft"] / (p["elo_phase"] + p["align"])], "*", ms=12, color="#d62728", label="ELO vs FFT (paper Table 1)")
+    ax2.plot([10], [p["fft"] / (p["elo_phase"] + p["align"])], "*", ms=12, color="#d62728",
+             label="ELO vs FFT (paper Table 1)")
     an = res.get("analytic_flops_per_token") or {}
     if an.get("elo") and an.get("fft"):
         ax2.axhline(an["fft"] / an["elo"], ls=":", color="gray", label="FFT/ELO FLOPs per token (analytic)")
     for r in rows:
         for key in ("elo_vs_lora", "elo_vs_fft"):
             if r[key] is not None:
-                ax2.annotate(f"{r[key]:.2f}x", (r["data_gb"], r[key]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+                ax2.annotate(f"{r[key]:.2f}x", (r["data_gb"], r[key]), textcoords="offset points", xytext=(4, 4),
+                             fontsize=7)
     ax2.set_xscale("log")
     ax2.set_xticks(sizes, [f"{s:g}" for s in sizes])
     ax2.set_xlabel("pretraining data (GB)")
     ax2.set_ylabel("speedup of ELO (x)")
     ax2.set_title("ELO speedup (ratio of training times)")
     ax2.legend(fontsize=7)
-    fig.suptitle(f"{res.get('arch', '?')}, seq_len {res.get('seq_len', '?')}, {res.get('device', '?')}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return fig
 
 
 def make_figure(results_path: str | os.PathLike, out_dir: str | os.PathLike, best_batch: bool = False) -> dict:
@@ -314,17 +337,3 @@ def figure_cmd(results: str, out: str | None = None, best_batch: bool = False) -
     """
     r = make_figure(results, out or str(Path(results).parent), best_batch=best_batch)
     print(f"wrote {r['png']} and {r['md']}")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m elo_lightning.figure", description=__doc__.splitlines()[0])
-    ap.add_argument("results", help="results.json written by the benchmark")
-    ap.add_argument("--out", default=None, help="output directory (default: next to results.json)")
-    ap.add_argument("--best-batch", action="store_true", help="use each method's best-batch tokens/s")
-    a = ap.parse_args(argv)
-    figure_cmd(a.results, a.out, a.best_batch)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
