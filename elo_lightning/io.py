@@ -58,3 +58,16 @@ def read_json(path: str | Path, what: str = "result file") -> Any:
         return json.loads(path.read_bytes())
     except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
         raise ELOError(f"{path} is not valid JSON ({err})") from None
+
+
+def write_jsonl_atomic(path: str | Path, rows: list[Any]) -> None:
+    """One JSON object per line (UTF-8, non-ASCII kept), written to a temporary sibling and renamed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -215,3 +215,73 @@ def test_non_utf8_line_is_one_skipped_record(tmp_path):
     dm = SFTDataModule(tokenizer=TOKENIZER, files=[str(path)], lang_weights={"ko": 1.0, "en": 1.0}, val_fraction=0.0)
     dm.setup("fit")
     assert dm.skipped["invalid_json"] == 1 and len(dm.train_examples) == len(GOOD)
+
+
+def test_tagengo_records_land_in_their_language(tmp_path):
+    """lightblue/tagengo-gpt4 layout: ``conversation`` of from/value turns and a language *name* per record."""
+    tagengo = [
+        {"conversation_id": "a", "conversation": [{"from": "human", "value": "서울은 어떤 도시인가요?"},
+                                                  {"from": "gpt", "value": "대한민국의 수도입니다."}],
+         "language": "Korean"},
+        {"conversation_id": "b", "conversation": [{"from": "human", "value": "Name a primary colour."},
+                                                  {"from": "gpt", "value": "Red."}], "language": "English"},
+        {"conversation_id": "c", "conversation": [{"from": "human", "value": "日本の首都は?"},
+                                                  {"from": "gpt", "value": "東京です。"}], "language": "Japanese"},
+        {"conversation_id": "d", "conversation": [{"from": "human", "value": "Hola"},
+                                                  {"from": "gpt", "value": "¡Hola!"}], "language": "Spanish"},
+    ]
+    path = _write(tmp_path / "tagengo.jsonl", tagengo)
+    dm = SFTDataModule(TOKENIZER, [SFTSource(path, language="en")], seq_len=128, val_fraction=0.0)
+    dm.setup("fit")
+    assert dm.mix == {"ko": {"available": 1, "drawn": 1}, "en": {"available": 1, "drawn": 1}}
+    assert dm.dropped_languages == {"ja": 1, "es": 1}  # the record's language wins over the source's
+    by_lang = {ex["lang"]: ex for ex in dm.train_examples}
+    tok = AutoTokenizer.from_pretrained(TOKENIZER)
+    assert "서울" in tok.decode(by_lang["ko"]["input_ids"]) and "Red." in tok.decode(by_lang["en"]["input_ids"])
+    assert sum(dm.skipped.values()) == 0
+
+
+def _long_conversation() -> dict:
+    turns = []
+    for k in range(4):
+        turns += [{"from": "human", "value": f"Question {k}: " + "word " * 12},
+                  {"from": "gpt", "value": f"Answer {k} " + "reply " * 12}]
+    return {"conversations": turns, "lang": "en"}
+
+
+@pytest.mark.parametrize("overlong", ["truncate", "skip"])
+def test_overlong_conversations_truncated_at_a_turn_boundary_or_skipped(tmp_path, tok, overlong):
+    record = _long_conversation()
+    path = _write(tmp_path / "d.jsonl", [record, GOOD[2]])
+    full = SFTDataModule(TOKENIZER, [path], lang_weights={"en": 1.0}, seq_len=4096, val_fraction=0.0)
+    full.setup("fit")
+    whole = max(full.train_examples, key=lambda ex: len(ex["input_ids"]))
+    # a limit between two and three complete exchanges
+    two = SFTDataModule(TOKENIZER, [_write(tmp_path / "two.jsonl", [{"conversations": record["conversations"][:4],
+                                                                      "lang": "en"}])],
+                        lang_weights={"en": 1.0}, seq_len=4096, val_fraction=0.0)
+    two.setup("fit")
+    (expected,) = two.train_examples
+    limit = len(expected["input_ids"]) + 10
+    assert limit < len(whole["input_ids"])
+
+    dm = SFTDataModule(TOKENIZER, [path], lang_weights={"en": 1.0}, seq_len=limit, val_fraction=0.0,
+                       overlong=overlong)
+    dm.setup("fit")
+    if overlong == "skip":
+        assert dm.skipped["too_long"] == 1 and dm.truncated == {} and len(dm.train_examples) == 1
+        return
+    assert dm.truncated == {"en": 1} and dm.skipped["too_long"] == 0 and dm.summary()["truncated"] == {"en": 1}
+    cut = max(dm.train_examples, key=lambda ex: len(ex["input_ids"]))
+    # whole turns: exactly the first two exchanges, labels as if that were the whole conversation
+    assert cut["input_ids"] == expected["input_ids"] and cut["labels"] == expected["labels"]
+    assert cut["input_ids"] == whole["input_ids"][: len(cut["input_ids"])]
+    trained = tok.decode([i for i in cut["labels"] if i != IGNORE_INDEX])
+    assert trained.startswith("Answer 0") and "Answer 1" in trained and "Answer 2" not in trained
+    assert trained.endswith("<|end|>")  # ends after a complete assistant turn, stop token trained
+    assert "Question 1" in tok.decode(cut["input_ids"]) and "Question 2" not in tok.decode(cut["input_ids"])
+
+
+def test_overlong_policy_is_validated():
+    with pytest.raises(ELOError, match="overlong"):
+        SFTDataModule(TOKENIZER, overlong="cut")

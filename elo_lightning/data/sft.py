@@ -4,6 +4,10 @@ Input: JSON lines, one conversation per line, in either layout
 
 * ShareGPT: ``{"conversations": [{"from": "human"|"gpt"|"system"|"user"|"assistant", "value": "..."}], "lang": "ko"}``
 * OpenAI-style: ``{"messages": [{"role": "user"|"assistant"|"system", "content": "..."}], "lang": "en"}``
+* Tagengo (lightblue/tagengo-gpt4): ``{"conversation": [{"from": "human"|"gpt", "value": "..."}],
+  "language": "Korean"}`` -- the language *name* is mapped to its code (:data:`LANGUAGE_CODES`: ``Korean`` ->
+  ``ko``, ``English`` -> ``en``, ...); a name not in the table is kept lower-cased (and counted among the dropped
+  languages unless ``lang_weights`` names it).
 
 Rendering uses the tokenizer's chat template (``tokenizer.apply_chat_template``); when the tokenizer has none,
 :data:`FALLBACK_CHAT_TEMPLATE` is used: ``<|role|>\\ncontent{eos}\\n`` per turn (the shipped
@@ -14,8 +18,9 @@ each assistant content (``<|end|>`` for the shipped template), so the model lear
 never learns to predict user/system text or template markup. Message contents are stripped of surrounding
 whitespace before rendering.
 
-Language mixing (one design): every record has a language -- its ``lang`` field, else the ``language`` of its
-:class:`SFTSource`, else ``"unknown"``. ``lang_weights`` (default ``{"ko": 1.0, "en": 1.0}``: target language and
+Language mixing (one design): every record has a language -- its ``lang`` field, else its ``language`` field
+(Tagengo; a name or a code), else the ``language`` of its :class:`SFTSource`, else ``"unknown"``.
+``lang_weights`` (default ``{"ko": 1.0, "en": 1.0}``: target language and
 English 1:1) selects languages and their shares of the training epoch; records of other languages are dropped
 (counted in ``dropped_languages``). The epoch has as many examples as the selected languages have together;
 a language whose share exceeds its data is oversampled (whole repeats plus a random remainder), one below
@@ -24,7 +29,11 @@ it every epoch. Validation holds out ``val_fraction`` of each language *before* 
 
 Malformed conversations are never trained on: they are counted per reason in ``datamodule.skipped``
 (``invalid_json``, ``malformed``, ``empty``, ``unknown_role``, ``no_assistant_turn``, ``template_mismatch``,
-``too_long``) and summarised at setup. Conversations longer than ``seq_len`` are skipped, not truncated.
+``too_long``) and summarised at setup. A conversation longer than ``seq_len`` is, by default
+(``overlong="truncate"``), cut at a turn boundary: the longest prefix that ends after a complete assistant turn
+and fits is kept (whole turns, the same assistant-only labels as if it had been the whole conversation), counted
+per language in ``datamodule.truncated``; when no such prefix fits it is skipped as ``too_long``.
+``overlong="skip"`` skips every overlong conversation (``too_long``). Epochs are the Trainer's ``max_epochs``.
 
 Batches (dicts passed straight to an HF causal LM):
 
@@ -90,6 +99,26 @@ SKIP_REASONS = (
 
 DEFAULT_LANG_WEIGHTS = {"ko": 1.0, "en": 1.0}
 
+OVERLONG_POLICIES = ("truncate", "skip")
+
+# English language names (as Tagengo's ``language`` field spells them) -> ISO 639-1 codes.
+LANGUAGE_CODES = {
+    "afrikaans": "af", "albanian": "sq", "amharic": "am", "arabic": "ar", "armenian": "hy", "azerbaijani": "az",
+    "basque": "eu", "belarusian": "be", "bengali": "bn", "bosnian": "bs", "bulgarian": "bg", "burmese": "my",
+    "catalan": "ca", "chinese": "zh", "simplified chinese": "zh", "traditional chinese": "zh", "croatian": "hr",
+    "czech": "cs", "danish": "da", "dutch": "nl", "english": "en", "esperanto": "eo", "estonian": "et",
+    "filipino": "tl", "tagalog": "tl", "finnish": "fi", "french": "fr", "galician": "gl", "georgian": "ka",
+    "german": "de", "greek": "el", "gujarati": "gu", "hebrew": "he", "hindi": "hi", "hungarian": "hu",
+    "icelandic": "is", "indonesian": "id", "irish": "ga", "italian": "it", "japanese": "ja", "kannada": "kn",
+    "kazakh": "kk", "khmer": "km", "korean": "ko", "kyrgyz": "ky", "lao": "lo", "latin": "la", "latvian": "lv",
+    "lithuanian": "lt", "macedonian": "mk", "malay": "ms", "malayalam": "ml", "maltese": "mt", "marathi": "mr",
+    "mongolian": "mn", "nepali": "ne", "norwegian": "no", "norwegian bokmal": "nb", "persian": "fa", "farsi": "fa",
+    "polish": "pl", "portuguese": "pt", "punjabi": "pa", "romanian": "ro", "russian": "ru", "serbian": "sr",
+    "sinhala": "si", "slovak": "sk", "slovenian": "sl", "somali": "so", "spanish": "es", "swahili": "sw",
+    "swedish": "sv", "tamil": "ta", "telugu": "te", "thai": "th", "turkish": "tr", "ukrainian": "uk", "urdu": "ur",
+    "uzbek": "uz", "vietnamese": "vi", "welsh": "cy", "yoruba": "yo", "zulu": "zu",
+}
+
 
 @dataclass
 class SFTSource:
@@ -108,15 +137,29 @@ class _Skip(Exception):
 # --------------------------------------------------------------------------------------------------- parsing
 
 
+def record_language(record: Any, default: str | None) -> str:
+    """``lang`` (a code), else ``language`` (Tagengo: a name such as ``"Korean"``, or a code), else ``default``."""
+    if isinstance(record, dict):
+        if isinstance(record.get("lang"), str) and record["lang"].strip():
+            return record["lang"].strip()
+        language = record.get("language")
+        if isinstance(language, str) and language.strip():
+            name = language.strip().lower()
+            return LANGUAGE_CODES.get(name, name)
+    return default or "unknown"
+
+
+
 def normalize_conversation(record: Any) -> list[dict[str, str]]:
-    """ShareGPT (``conversations``/``from``/``value``) or ``messages``/``role``/``content`` -> role/content list.
+    """ShareGPT (``conversations``/``from``/``value``), Tagengo (``conversation``/``from``/``value``) or
+    ``messages``/``role``/``content`` -> role/content list.
 
     Raises ``_Skip(reason)`` for malformed records.
     """
     if not isinstance(record, dict):
         raise _Skip("malformed")
-    if "conversations" in record:
-        turns, role_key, content_key = record["conversations"], "from", "value"
+    if "conversations" in record or "conversation" in record:
+        turns, role_key, content_key = record.get("conversations", record.get("conversation")), "from", "value"
     elif "messages" in record:
         turns, role_key, content_key = record["messages"], "role", "content"
     else:
@@ -204,6 +247,23 @@ class ChatEncoder:
         if all(lab == IGNORE_INDEX for lab in labels):
             raise _Skip("template_mismatch")
         return {"input_ids": ids, "labels": labels}
+
+    def encode_truncating(self, messages: list[dict[str, str]]) -> tuple[dict[str, list[int]], bool]:
+        """:meth:`encode`, or, when too long, the longest prefix ending after a complete assistant turn that fits:
+        ``(example, truncated)``. Raises ``_Skip("too_long")`` when not even the first exchange fits."""
+        try:
+            return self.encode(messages), False
+        except _Skip as skip:
+            if skip.reason != "too_long":
+                raise
+        ends = [i + 1 for i, m in enumerate(messages[:-1]) if m["role"] == "assistant"]
+        for end in reversed(ends):
+            try:
+                return self.encode(messages[:end]), True
+            except _Skip as skip:
+                if skip.reason != "too_long":
+                    raise
+        raise _Skip("too_long")
 
 
 # --------------------------------------------------------------------------------------------------- datasets
@@ -323,13 +383,16 @@ class SFTDataModule(L.LightningDataModule):
         tokenizer: tokenizer directory (e.g. ``configs/tokenizer`` or the model directory).
         files: JSONL sources; plain strings are accepted as ``SFTSource(path)``.
         lang_weights: languages to train on and their shares of the epoch (default ``{"ko": 1, "en": 1}``).
-        seq_len: longest conversation in tokens (longer ones are skipped) and packed row length.
+        seq_len: longest conversation in tokens (see ``overlong``) and packed row length.
         batch_size: rows per batch (conversations, or packed rows with ``packing``).
         num_workers: DataLoader workers.
         seed: split, mix and shuffle seed.
         packing: pack several conversations per row (``position_ids``, no ``attention_mask``).
         val_fraction: share of each language held out for validation (0 disables validation).
         val_per_language: return one validation loader per language (order: ``val_languages``) instead of one.
+        overlong: ``truncate`` (default) keeps the longest prefix of an overlong conversation that ends after a
+            complete assistant turn and fits; ``skip`` drops it. Both are counted (``truncated`` per language,
+            ``skipped["too_long"]``).
     """
 
     def __init__(
@@ -344,9 +407,13 @@ class SFTDataModule(L.LightningDataModule):
         packing: bool = False,
         val_fraction: float = 0.05,
         val_per_language: bool = False,
+        overlong: str = "truncate",
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)  # recorded in checkpoints and in the export's elo_export.json
+        if overlong not in OVERLONG_POLICIES:
+            raise ELOError(f"overlong must be one of {', '.join(OVERLONG_POLICIES)}, got {overlong!r}")
+        self.overlong = overlong
         if files is None:
             files = [SFTSource("data/sample/sft/conversations.jsonl")]
         self.files = [SFTSource(f) if isinstance(f, (str, Path)) else f for f in files]
@@ -363,6 +430,7 @@ class SFTDataModule(L.LightningDataModule):
         self.val_per_language = val_per_language
         self.tokenizer: Any = None
         self.skipped: dict[str, int] = {}
+        self.truncated: dict[str, int] = {}
         self.dropped_languages: dict[str, int] = {}
         self.mix: dict[str, dict[str, int]] = {}
         self.val_languages: list[str] = []
@@ -426,6 +494,7 @@ class SFTDataModule(L.LightningDataModule):
             f"SFT data: {sum(len(v) for v in by_lang.values())} conversations kept "
             f"({', '.join(f'{k}={len(v)}' for k, v in sorted(by_lang.items()))}); "
             f"train mix {self.mix}; val {({k: len(v) for k, v in self.val_examples.items()})}; "
+            f"truncated at a turn boundary {self.truncated}; "
             f"skipped {n_skip} {({k: v for k, v in self.skipped.items() if v})}; "
             f"other languages dropped {self.dropped_languages}"
         )
@@ -433,6 +502,7 @@ class SFTDataModule(L.LightningDataModule):
     def _read_by_language(self, encoder: ChatEncoder) -> tuple[dict[str, list[dict[str, Any]]], Counter, Counter]:
         """Encoded conversations of the selected languages, and the counts of skipped / other-language records."""
         skipped: Counter[str] = Counter()
+        truncated: Counter[str] = Counter()
         dropped: Counter[str] = Counter()
         by_lang: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for src in self.files:
@@ -445,17 +515,23 @@ class SFTDataModule(L.LightningDataModule):
                     except ValueError:  # JSONDecodeError, UnicodeDecodeError
                         skipped["invalid_json"] += 1
                         continue
-                    lang = (record.get("lang") if isinstance(record, dict) else None) or src.language or "unknown"
+                    lang = record_language(record, src.language)
                     if lang not in self.lang_weights:
                         dropped[lang] += 1
                         continue
                     try:
-                        example = encoder.encode(normalize_conversation(record))
+                        messages = normalize_conversation(record)
+                        if self.overlong == "truncate":
+                            example, cut = encoder.encode_truncating(messages)
+                            truncated[lang] += int(cut)
+                        else:
+                            example = encoder.encode(messages)
                     except _Skip as skip:
                         skipped[skip.reason] += 1
                         continue
                     example["lang"] = lang
                     by_lang[lang].append(example)
+        self.truncated = {lang: n for lang, n in sorted(truncated.items()) if n}
         return by_lang, skipped, dropped
 
     def _hold_out_validation(self, by_lang: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
@@ -501,3 +577,16 @@ class SFTDataModule(L.LightningDataModule):
                     for lang in self.val_languages]
         merged = [ex for lang in self.val_languages for ex in self.val_examples[lang]]
         return self._loader(self._rows(merged), shuffle=False)
+
+    def summary(self) -> dict[str, Any]:
+        """What setup kept, mixed and skipped (for logs/manifests)."""
+        return {
+            "mix": self.mix,
+            "val": {k: len(v) for k, v in self.val_examples.items()},
+            "skipped": dict(self.skipped),
+            "truncated": dict(self.truncated),
+            "overlong": self.overlong,
+            "dropped_languages": dict(self.dropped_languages),
+            "packing": self.packing,
+            "seq_len": self.seq_len,
+        }

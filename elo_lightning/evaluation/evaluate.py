@@ -18,18 +18,21 @@ def evaluate_model(
     limit: int | None = None,
     device: str | None = None,
     lm_eval_batch_size: int = 1,
+    num_fewshot: int | None = None,
 ) -> dict:
-    """``{"perplexity": {lang: metrics}, "lm_eval": {task: metrics}}`` (``lm_eval`` only when tasks are given)."""
+    """``{"perplexity": {lang: metrics}, "lm_eval": {task: metrics}, "paper_metrics": {...}}`` (the last two only
+    when tasks are given). Task names are checked against lm-eval before the model is loaded."""
+    from elo_lightning.evaluation.lm_eval_runner import resolve_tasks, run_lm_eval
     from elo_lightning.evaluation.perplexity import evaluate_perplexity
 
+    task_names = resolve_tasks(tasks, include_path) if tasks else None
     result: dict = {"perplexity": evaluate_perplexity(model, None, files, seq_len=seq_len, max_sequences=max_sequences,
                                                       device=device)}
-    if tasks:
-        from elo_lightning.evaluation.lm_eval_runner import run_lm_eval
-
+    if task_names:
         kwargs = {"device": device} if device is not None else {}
-        result["lm_eval"] = run_lm_eval(model, tasks, include_path=include_path, limit=limit,
-                                        batch_size=lm_eval_batch_size, **kwargs)["tasks"]
+        lm = run_lm_eval(model, task_names, include_path=include_path, limit=limit, batch_size=lm_eval_batch_size,
+                         num_fewshot=num_fewshot, **kwargs)
+        result["lm_eval"], result["paper_metrics"] = lm["tasks"], lm["paper_metrics"]
     return result
 
 
@@ -44,6 +47,7 @@ def eval_cmd(
     limit: int | None = None,
     device: str = "cpu",
     output: str | None = None,
+    num_fewshot: int | None = None,
 ) -> dict:
     """Per-language held-out perplexity / bits-per-byte, and lm-evaluation-harness tasks, of an exported model.
 
@@ -53,16 +57,20 @@ def eval_cmd(
         languages: comma-separated languages to score.
         seq_len: tokens per scored window.
         max_sequences: windows per language.
-        tasks: lm-eval task names (kobest_copa, mmlu, marc_ja with a network; elo_tiny_kobest_copa, elo_tiny_en_mc
-            offline with --include_path data/eval_tasks).
+        tasks: lm-eval task or group names as the installed lm-eval knows them (the paper's: kobest (its five
+            tasks), mmlu, ja_leaderboard_marc_ja; they need the datasets), or the offline local tasks
+            elo_tiny_kobest_copa, elo_tiny_en_mc with --include_path data/eval_tasks. Unknown names stop before the
+            model is loaded, with close matches. See docs/evaluation.md.
         include_path: folder of local lm-eval task YAMLs.
         limit: items per lm-eval task.
         device: cpu or cuda.
         output: JSON file to write.
+        num_fewshot: override the tasks' few-shot count (default: each task's own).
     """
     files = {lang: [str(Path(data) / lang / "valid.jsonl")] for lang in languages.split(",") if lang}
     result = {"model": model, **evaluate_model(model, files, seq_len, max_sequences, tasks=tasks,
-                                               include_path=include_path, limit=limit, device=device)}
+                                               include_path=include_path, limit=limit, device=device,
+                                               num_fewshot=num_fewshot)}
     print(json.dumps(result, indent=2, ensure_ascii=False))
     if output:
         write_json_atomic(output, result)
