@@ -1,6 +1,7 @@
 """The `elo` command: every shipped config parses; surgery subcommands work and refuse bad input with exit 2."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,13 @@ def test_fit_elo_then_align_through_the_shipped_configs(tmp_path):
         assert json.loads(summary.read_text())["tokens_per_s"] > 0
         assert list(summary.parent.glob("events.out.tfevents.*"))
         assert list(summary.parent.rglob("*.ckpt"))
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    for name in ("fit", "validate", "test", "check-data", "detach", "bench"):
+        assert re.search(rf"^\s+{name}\s", out, re.M), name
+    assert "Lightning's fit" in out
