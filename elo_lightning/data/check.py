@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from elo_lightning.data.sources import HubSpec, _record_text, iter_records, resolve_entries
+from elo_lightning.data.sources import HubSpec, iter_records, record_text, resolve_entries
 from elo_lightning.errors import ELOError
 
 
@@ -77,7 +77,7 @@ def bad_records(shard: Shard) -> Iterator[tuple[int, str | None]]:
             yield end, (f"{path}: {where} {problem}" if problem else None)
             continue
         try:
-            text = _record_text(path, payload, shard.text_field, pos)
+            text = record_text(path, payload, shard.text_field, pos)
         except ELOError as e:
             yield end, str(e)
             continue

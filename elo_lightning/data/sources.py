@@ -101,7 +101,7 @@ def _decode(path: str, line: bytes, position: int) -> str:
                        "shards must be UTF-8 text") from None
 
 
-def _record_text(path: str, payload, text_field: str, position: int) -> str:
+def record_text(path: str, payload, text_field: str, position: int) -> str:
     """The document text of one raw record (a line as bytes, or a parquet cell)."""
     if path.endswith(".parquet"):
         value = payload
@@ -161,7 +161,7 @@ class ShardReader:
             yield from iter_records(path, position)
 
     def text(self, path: str, payload, position: int) -> str:
-        return _record_text(path, payload, self.text_field, position)
+        return record_text(path, payload, self.text_field, position)
 
     def text_at(self, path: str, position: int) -> str:
         for pos, _, payload in self.records(path, position):
@@ -188,7 +188,7 @@ def check_shard(path: str, text_field: str, lang: str) -> None:
         return
     for pos, _, payload in iter_records(path):
         try:
-            _record_text(path, payload, text_field, pos)
+            record_text(path, payload, text_field, pos)
         except ELOError as e:
             raise ELOError(f"language {lang!r}: first record of shard {path!r} is unusable: {e}") from None
         return
