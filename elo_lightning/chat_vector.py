@@ -16,6 +16,7 @@ Everything is validated from metadata (configs, tensor names, shapes, dtypes) be
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import struct
 import time
@@ -27,9 +28,10 @@ import torch
 from safetensors import safe_open
 
 from elo_lightning.errors import ELOError
-from elo_lightning.io import MANIFEST
+from elo_lightning.io import MANIFEST, atomic_dir, check_output, write_json_atomic
 
 VocabMismatch = Literal["skip", "slice", "error"]
+OUTPUT_KIND = "chat_vector"  # elo_lightning.io: only a chat-vector output is replaced without overwrite
 
 # Substrings that identify vocabulary-sized tensors (rows = tokens), across the supported families.
 VOCAB_TENSOR_KEYS = ("embed_tokens", "lm_head", "wte", "embed_out", "word_embeddings")
@@ -135,15 +137,27 @@ def _load_tensor(handle: Any, name: str) -> torch.Tensor:
 
 
 def parse_size(size: int | str) -> int:
-    """``"5GB"``/``"200MB"``/``"64KB"``/int bytes -> bytes (decimal units, as HF uses)."""
+    """``"5GB"``/``"200MB"``/``"64KB"``/int bytes -> bytes (decimal units, as HF uses); ``ELOError`` unless > 0."""
+    bad = f"max_shard_size must be a size such as 5GB or a number of bytes, got {size!r}"
+    if isinstance(size, bool):
+        raise ELOError(bad)
     if isinstance(size, int):
-        return size
-    s = str(size).strip().upper()
-    units = (("GIB", 2**30), ("MIB", 2**20), ("KIB", 2**10), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3), ("B", 1))
-    for unit, mult in units:
-        if s.endswith(unit):
-            return int(float(s[: -len(unit)]) * mult)
-    return int(s)
+        value = size
+    else:
+        s, mult = str(size).strip().upper(), 1
+        units = (("GIB", 2**30), ("MIB", 2**20), ("KIB", 2**10), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3), ("B", 1))
+        for unit, m in units:
+            if s.endswith(unit):
+                s, mult = s[: -len(unit)].strip(), m
+                break
+        try:
+            number = float(s)
+        except ValueError:
+            raise ELOError(bad) from None
+        value = int(number * mult) if math.isfinite(number) else 0
+    if value <= 0:
+        raise ELOError(f"max_shard_size must be positive, got {size!r}")
+    return value
 
 
 def _plan_shards(specs: list[tuple[str, tuple[int, ...], torch.dtype]], max_shard_bytes: int) -> list[list[int]]:
@@ -270,7 +284,9 @@ def apply_chat_vector(
             ``"skip"`` keeps the target's tensor, ``"slice"`` adds the vector to the rows common to all three,
             ``"error"`` refuses.
         max_shard_size: maximum output shard size (bytes or ``"5GB"``-style string).
-        overwrite: allow writing into an ``output`` directory that already holds weights.
+        overwrite: replace a non-empty ``output`` that is not a previous chat-vector output. Either way the output
+            is written by ``elo_lightning.io.atomic_dir``: built beside, swapped in when complete (a failure keeps
+            the old output whole), never into or over one of the three inputs.
 
     Returns:
         ``{"added", "skipped", "sliced", "vocab_skipped", "copied_non_float", "tensors", "shards", "output"}``.
@@ -281,34 +297,36 @@ def apply_chat_vector(
     """
     if vocab_mismatch not in ("skip", "slice", "error"):
         raise ELOError(f"vocab_mismatch must be 'skip', 'slice' or 'error', got {vocab_mismatch!r}")
+    max_shard_bytes = parse_size(max_shard_size)
+    if not math.isfinite(float(ratio)):
+        raise ELOError(f"ratio must be a finite number, got {ratio!r}")
     skip = tuple(skip or ())
     out_dir = Path(output)
     sources = {"base": Path(base), "instruct": Path(instruct), "target": Path(target)}
-    for role, src in sources.items():
-        if src.exists() and out_dir.exists() and src.resolve() == out_dir.resolve():
-            raise ELOError(f"output {out_dir} is the {role} model directory; choose a new directory")
+    guard = {"inputs": {f"{role} model": src for role, src in sources.items()}, "overwrite": overwrite}
+    check_output(out_dir, OUTPUT_KIND, **guard)
 
     b, i, t = (_Checkpoint(sources[r], r) for r in ("base", "instruct", "target"))
     _check_architectures(b, i, t)
     _check_tensors(b, i, t)
     plan = plan_tensors(b, i, t, skip, vocab_mismatch)
-    _clear_output(out_dir, overwrite)
-    counts, n_shards, total_size = _write_weights(plan, (b, i, t), out_dir, ratio, parse_size(max_shard_size))
-    copied_tok = _copy_side_files(i, t, out_dir)
-    manifest = {
-        "stage": "chat_vector",
-        "formula": "target + ratio * (instruct - base)",
-        "sources": {role: str(p.resolve()) for role, p in sources.items()},
-        "ratio": ratio,
-        "skip": list(skip),
-        "vocab_mismatch": vocab_mismatch,
-        "counts": counts,
-        "tensors": len(plan),
-        "shards": n_shards,
-        "tokenizer_files_from_instruct": copied_tok,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    with atomic_dir(out_dir, OUTPUT_KIND, **guard) as tmp:  # the old output stays whole until this one is complete
+        counts, n_shards, total_size = _write_weights(plan, (b, i, t), tmp, ratio, max_shard_bytes)
+        copied_tok = _copy_side_files(i, t, tmp)
+        manifest = {
+            "stage": "chat_vector",
+            "formula": "target + ratio * (instruct - base)",
+            "sources": {role: str(p.resolve()) for role, p in sources.items()},
+            "ratio": ratio,
+            "skip": list(skip),
+            "vocab_mismatch": vocab_mismatch,
+            "counts": counts,
+            "tensors": len(plan),
+            "shards": n_shards,
+            "tokenizer_files_from_instruct": copied_tok,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        write_json_atomic(tmp / MANIFEST, manifest)
     return {**counts, "tensors": len(plan), "shards": n_shards, "total_bytes": total_size, "output": str(out_dir)}
 
 
@@ -345,16 +363,6 @@ def _action(name: str, shapes: tuple, dtype: torch.dtype, skip: tuple[str, ...],
     return "vocab_skip" if vocab_mismatch == "skip" else "slice"
 
 
-def _clear_output(out_dir: Path, overwrite: bool) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    existing = [p for p in out_dir.iterdir()
-                if p.suffix == ".safetensors" or p.name.endswith(".safetensors.index.json")]
-    if existing and not overwrite:
-        raise ELOError(f"output {out_dir} already holds weights ({existing[0].name}); pass overwrite=True or a new dir")
-    for p in existing:
-        p.unlink()
-
-
 def _write_weights(plan: list[tuple[str, str]], checkpoints: tuple[_Checkpoint, ...], out_dir: Path, ratio: float,
                    max_shard_bytes: int) -> tuple[dict[str, int], int, int]:
     """Stream every planned tensor into safetensors shards (+ index when several); (counts, shards, total bytes)."""
@@ -381,12 +389,14 @@ def _write_weights(plan: list[tuple[str, str]], checkpoints: tuple[_Checkpoint, 
                 del result
                 counts[ACTION_COUNTS[action]] += 1
                 weight_map[name] = shard_name
-        finally:
-            writer.close()
+        except BaseException:
+            writer._fh.close()  # the temp folder goes with it; the original error stays the one raised
+            raise
+        writer.close()
         total_size += writer.total
     if n_shards > 1:
         index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
-        (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        write_json_atomic(out_dir / "model.safetensors.index.json", index)
     return counts, n_shards, total_size
 
 
@@ -442,6 +452,7 @@ def chat_vector_cmd(
     skip: list[str] | None = None,
     vocab_mismatch: str = "skip",
     max_shard_size: str = "5GB",
+    overwrite: bool = False,
 ) -> None:
     """target + ratio * (instruct - base), tensor by tensor, streamed from safetensors (three 8B models never in RAM).
 
@@ -454,9 +465,10 @@ def chat_vector_cmd(
         skip: tensor-name parts copied from target unchanged (default: embed_tokens, lm_head; [] for none).
         vocab_mismatch: skip, slice or error when embedding/head rows differ.
         max_shard_size: output shard size, e.g. 5GB.
+        overwrite: replace a non-empty output directory that is not an earlier chat-vector output (never an input).
     """
     summary = apply_chat_vector(
         base, instruct, target, output, ratio=ratio, skip=("embed_tokens", "lm_head") if skip is None else tuple(skip),
-        vocab_mismatch=vocab_mismatch, max_shard_size=max_shard_size, overwrite=True,
+        vocab_mismatch=vocab_mismatch, max_shard_size=max_shard_size, overwrite=overwrite,
     )
     print(json.dumps(summary, indent=2, default=str))

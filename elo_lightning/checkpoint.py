@@ -13,6 +13,9 @@
 * ``AtomicCheckpointIO`` (DDP / single device): ``torch.save`` into a temporary file in the same directory, fsync,
   ``os.replace``. Use as ``trainer.plugins``.
 * ``latest_checkpoint(dirpath)``: newest complete checkpoint (file or DCP directory), for ``ckpt_path``.
+* ``clean_checkpoint_leftovers(dirpath)``: at the start of a run, removes the ``.partial`` files/directories and
+  ``.old`` directories that killed saves left in a checkpoint folder (only these hidden names of ours; a file
+  partial of a process still alive on this host is kept). Checkpoints get ordinary permissions (0o644).
 * ``consolidate(checkpoint_dir, model_source, output_dir)``: reads the DCP shards with no process group, rebuilds
   the stage's module from the hyperparameters stored in the checkpoint, loads the exact weights and exports what
   that stage exports (ELO: detached checkpoint with ``elo_manifest.json``; LoRA: merged; others: full HF dir).
@@ -33,7 +36,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import ModelParallelStrategy
 
 from elo_lightning.errors import ELOError, writing
-from elo_lightning.io import read_json, write_json_atomic
+from elo_lightning.io import is_stale, ordinary_permissions, read_json, temp_prefix, write_json_atomic
 
 MARKER = "elo_checkpoint.json"
 
@@ -146,6 +149,30 @@ def latest_checkpoint(dirpath: str | Path) -> Path | None:
     return best
 
 
+def clean_checkpoint_leftovers(dirpath: str | Path | None) -> list[Path]:
+    """Remove what killed saves left in ``dirpath``: ``.<name>.partial`` DCP directories, ``.<name>.old``
+    directories, and ``.<name>.partial-<host>-<pid>-<rand>.partial`` files whose process is gone. Call it before the
+    run saves anything (on one rank). Returns the removed paths."""
+    dirpath = Path(dirpath) if dirpath else None
+    if dirpath is None or not dirpath.is_dir():
+        return []
+    removed = []
+    for p in sorted(dirpath.glob(".*")):
+        if p.is_symlink():
+            continue
+        if p.is_dir() and (p.name.endswith(".partial") or p.name.endswith(".old")):
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.is_file() and p.name.endswith(".partial"):
+            _, sep, rest = p.name[: -len(".partial")].rpartition(".partial-")
+            if sep and not is_stale(rest):  # without host/pid (earlier scheme): stale
+                continue
+            p.unlink(missing_ok=True)
+        else:
+            continue
+        removed.append(p)
+    return removed
+
+
 def _stage_info(module) -> dict[str, Any]:
     cls = type(module)
     return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "stage": getattr(module, "stage", None)}
@@ -194,12 +221,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError("AtomicCheckpointIO takes no storage_options")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name, "partial"), suffix=".partial", dir=path.parent)
         try:
             with writing(path), os.fdopen(fd, "wb") as f:
                 torch.save(checkpoint, f)
                 f.flush()
                 os.fsync(f.fileno())
+            ordinary_permissions(tmp)  # mkstemp makes 0o600; a checkpoint is as readable as save_pretrained's files
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -247,16 +275,26 @@ def _module_from_checkpoint(checkpoint_dir: Path, model_source: str | None):
 
 
 @torch.no_grad()
-def consolidate(checkpoint_dir: str | Path, model_source: str | Path | None, output_dir: str | Path) -> Path:
+def consolidate(checkpoint_dir: str | Path, model_source: str | Path | None, output_dir: str | Path,
+                overwrite: bool = False) -> Path:
     """Sharded (DCP) training checkpoint -> the stage's HF export, exact weights; runs in one plain process.
 
     Args:
         checkpoint_dir: a complete DCP checkpoint directory written by ``AtomicModelParallelStrategy``.
         model_source: the stage's ``model`` argument if it moved since training (None: as recorded).
-        output_dir: HF directory to write (atomically).
+        output_dir: HF directory to write (atomically; a non-empty one only if it holds an export of the same stage,
+            or with ``overwrite``; never the checkpoint or the model).
+        overwrite: replace a non-empty ``output_dir`` that is not an export of the checkpoint's stage.
     """
+    from elo_lightning.export import export_kind
+    from elo_lightning.io import check_output
+
     checkpoint_dir = Path(checkpoint_dir)
     module = _module_from_checkpoint(checkpoint_dir, model_source)
+    module.hparams["overwrite_export"] = overwrite
+    guard = module.export_guard()
+    check_output(output_dir, export_kind(module.stage), **{**guard, "inputs": {**guard["inputs"],
+                                                                               "checkpoint": checkpoint_dir}})
     module.model = module.build_model()  # on CPU: the exact module tree of training, unsharded
     template = {f"model.{k}": v for k, v in module.model.state_dict().items()}
     loaded = read_dcp_model_state(checkpoint_dir, template)
@@ -266,12 +304,14 @@ def consolidate(checkpoint_dir: str | Path, model_source: str | Path | None, out
     return module.export(output_dir)
 
 
-def consolidate_cmd(checkpoint_dir: str, output_dir: str, model_source: str | None = None) -> None:
+def consolidate_cmd(checkpoint_dir: str, output_dir: str, model_source: str | None = None,
+                    overwrite: bool = False) -> None:
     """Turn a sharded (FSDP2/DCP) training checkpoint into the stage's plain HF export, exact weights.
 
     Args:
         checkpoint_dir: a complete sharded checkpoint directory (has elo_checkpoint.json).
         output_dir: HF directory to write.
         model_source: the stage's model argument, if it moved since training.
+        overwrite: replace a non-empty output directory that is not an export of the checkpoint's stage.
     """
-    print(f"consolidated -> {consolidate(checkpoint_dir, model_source, output_dir)}")
+    print(f"consolidated -> {consolidate(checkpoint_dir, model_source, output_dir, overwrite=overwrite)}")

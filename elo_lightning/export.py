@@ -11,7 +11,7 @@ import torch
 from transformers import PreTrainedModel
 
 from elo_lightning.dist import barrier, is_rank_zero, is_sharded
-from elo_lightning.io import atomic_dir, write_json_atomic
+from elo_lightning.io import PathMap, atomic_dir, check_output, write_json_atomic
 
 EXPORT_MANIFEST = "elo_export.json"
 
@@ -25,17 +25,32 @@ def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
+def export_kind(stage: str) -> str:
+    """The output kind of a stage's export: only an export of the same stage replaces it without overwrite."""
+    return f"{stage} export"
+
+
 def export_hf(
     model: PreTrainedModel,
     output_dir: str | Path,
     manifest: dict[str, Any],
     tokenizer=None,
     extra_json: dict[str, dict] | None = None,
+    *,
+    inputs: PathMap | None = None,
+    protected: PathMap | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Atomic ``save_pretrained`` (+ tokenizer, + ``elo_export.json`` and any extra JSON files) from rank 0."""
+    """Atomic ``save_pretrained`` (+ tokenizer, + ``elo_export.json`` and any extra JSON files) from rank 0.
+
+    ``inputs`` / ``protected`` / ``overwrite``: see :func:`elo_lightning.io.atomic_dir` (the kind is the stage's).
+    """
+    kind = export_kind(manifest.get("stage", "model"))
+    # every rank refuses alike, before the (collective, slow) gather
+    check_output(output_dir, kind, inputs=inputs, protected=protected, overwrite=overwrite)
     state = full_state_dict(model)
     if is_rank_zero():
-        with atomic_dir(output_dir) as tmp:
+        with atomic_dir(output_dir, kind, inputs=inputs, protected=protected, overwrite=overwrite) as tmp:
             model.save_pretrained(tmp, state_dict=state) if state is not None else model.save_pretrained(tmp)
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)

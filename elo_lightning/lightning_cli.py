@@ -8,6 +8,8 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.cli import LightningCLI
 
+from elo_lightning.resume import ResumeCLIMixin
+
 LIGHTNING_COMMANDS = ("fit", "validate", "test")
 _SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
 
@@ -22,8 +24,12 @@ def lightning_help(name: str) -> Callable[[], None]:
     return command
 
 
-class ELOLightningCLI(LightningCLI):
-    """``elo fit --config configs/elo.yaml``: any stage module with any of our datamodules."""
+class ELOLightningCLI(ResumeCLIMixin, LightningCLI):
+    """``elo fit --config configs/elo.yaml``: any stage module with any of our datamodules.
+
+    ``--ckpt_path`` (``last`` = the newest ``last.ckpt`` across the run's log versions) resumes with the arguments
+    given, checked against the checkpoint's: see ``elo_lightning.resume``.
+    """
 
     def add_arguments_to_parser(self, parser) -> None:
         # The model must be trained (and exported) with the tokenizer that made its data.
@@ -61,6 +67,7 @@ class ELOLightningCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self.check_inputs()
+        super().before_fit()
 
     def before_validate(self) -> None:
         self.check_inputs()

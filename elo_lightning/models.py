@@ -1,7 +1,9 @@
 """Loading causal LMs from wherever a user keeps them: an HF directory, a hub id, or a bare architecture config.
 
-A bare config (a ``.json`` file, or a directory with ``config.json`` but no weights) is random-initialised:
-speed does not depend on the weights, so benchmarks and the offline default run need no downloads.
+Only an architecture ``.json`` file is random-initialised (speed does not depend on the weights, so benchmarks and
+the offline default run need no downloads). A model *directory* must hold loadable weights: one without any, with
+sharded weights but no index, or with an index naming a missing shard is refused with a one-line ``ELOError`` --
+never silently trained from a random init.
 """
 
 from __future__ import annotations
@@ -14,14 +16,16 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from elo_lightning.errors import ELOError
-from elo_lightning.io import atomic_dir, read_json
+from elo_lightning.io import atomic_dir, check_output, read_json
 
 # Decoder-only families whose layout (model.embed_tokens, model.layers, model.norm, lm_head) surgery is tested on.
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")
 
-_WEIGHT_FILES = (
-    "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"
+# (single file, index of a sharded checkpoint), in the order from_pretrained prefers them.
+_WEIGHT_FORMATS = (
+    ("model.safetensors", "model.safetensors.index.json"), ("pytorch_model.bin", "pytorch_model.bin.index.json")
 )
+_SHARD_GLOBS = ("model-*-of-*.safetensors", "pytorch_model-*-of-*.bin")
 
 # The weight matrices of one decoder layer (attention and MLP projections): LoRA's default targets, FLOP accounting.
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -105,13 +109,39 @@ def check_safetensors_files(directory: str | Path) -> None:
         check_safetensors(file)
 
 
+def is_architecture_file(source: str | Path) -> bool:
+    """An architecture ``.json`` file: the only source that is random-initialised."""
+    return Path(source).suffix == ".json" and not Path(source).is_dir()
+
+
+def check_weights(directory: str | Path) -> None:
+    """Refuse a model directory whose weights ``from_pretrained`` could not load completely (``ELOError``)."""
+    path = Path(directory)
+    for single, index in _WEIGHT_FORMATS:
+        if (path / index).is_file():
+            try:
+                weight_map = json.loads((path / index).read_text())["weight_map"]
+            except (ValueError, KeyError, TypeError):
+                raise ELOError(f"model {path}: {index} is not a valid weight index (no weight_map)") from None
+            missing = sorted({s for s in weight_map.values() if not (path / s).is_file()})
+            if missing:
+                raise ELOError(f"model {path}: shard {missing[0]} named in {index} is missing"
+                               + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+            return
+        if (path / single).is_file():
+            return
+    shards = sorted(p.name for g in _SHARD_GLOBS for p in path.glob(g))
+    if shards:
+        raise ELOError(f"model {path}: sharded weights ({shards[0]}, ...) without their index "
+                       "(model.safetensors.index.json); copy the index too")
+    raise ELOError(f"model {path} has no weights (model.safetensors or an index of shards); random init comes "
+                   "only from an architecture .json file")
+
+
 def has_weights(source: str | Path) -> bool:
-    path = Path(source)
-    if path.suffix == ".json":
-        return False
-    if path.is_dir():
-        return any((path / name).is_file() for name in _WEIGHT_FILES)
-    return True  # a hub id: the weights live there
+    """Whether ``source`` is loaded with weights (an HF directory, checked by :func:`check_weights`, or a hub id)
+    rather than random-initialised (an architecture ``.json``)."""
+    return not is_architecture_file(source)
 
 
 def init_model(config: PretrainedConfig, seed: int = 42, dtype: str | torch.dtype | None = None) -> PreTrainedModel:
@@ -126,15 +156,28 @@ def init_model(config: PretrainedConfig, seed: int = 42, dtype: str | torch.dtyp
 def load_causal_lm(
     source: str | Path, dtype: str | torch.dtype | None = None, seed: int = 42, device: str | torch.device = "cpu"
 ) -> PreTrainedModel:
-    """A causal LM from an HF directory or hub id (weights loaded) or an architecture config (random init)."""
+    """A causal LM from an HF directory or hub id (weights loaded) or an architecture ``.json`` (random init)."""
     if str(device) == "meta":
         with torch.device("meta"):
             return AutoModelForCausalLM.from_config(load_config(source), dtype=resolve_dtype(dtype))
     if not has_weights(source):
         return init_model(load_config(source), seed=seed, dtype=dtype).to(device)
     load_config(source)  # architecture check and clear errors before the (slow) weight load
-    check_safetensors_files(source)
-    model = AutoModelForCausalLM.from_pretrained(str(source), dtype=resolve_dtype(dtype))
+    if Path(source).is_dir():
+        check_weights(source)
+        check_safetensors_files(source)  # names the broken file, before from_pretrained reads any
+    from safetensors import SafetensorError
+
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(str(source), dtype=resolve_dtype(dtype),
+                                                          output_loading_info=True)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:  # truncated/corrupt or unreadable weights
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ELOError(f"cannot load the weights of {source}: {type(err).__name__}: {first}") from None
+    missing = list(info.get("missing_keys") or []) + [k for k, *_ in info.get("mismatched_keys") or []]
+    if missing:  # from_pretrained would train these from a random init, silently
+        raise ELOError(f"model {source}: weights for {len(missing)} tensors missing or of the wrong shape in its "
+                       f"checkpoint (e.g. {min(missing)})")
     return model.to(device)
 
 
@@ -156,20 +199,28 @@ def saved_tokenizer(path: str | Path):
     return AutoTokenizer.from_pretrained(str(path))
 
 
-def init_cmd(arch: str, output: str, tokenizer: str | None = None, seed: int = 42, dtype: str = "float32") -> None:
+def init_cmd(arch: str, output: str, tokenizer: str | None = None, seed: int = 42, dtype: str = "float32",
+             overwrite: bool = False) -> None:
     """Random-init a model from an architecture config (offline runs, benchmarks) and save it as an HF directory.
 
     Args:
         arch: architecture .json (e.g. configs/models/tiny-llama.json).
-        output: directory to write.
+        output: directory to write (a non-empty one only if it holds an earlier `elo init` output, or with
+            --overwrite; never an input).
         tokenizer: tokenizer directory to save alongside (e.g. configs/tokenizer).
         seed: initialisation seed.
         dtype: float32, bfloat16 or float16.
+        overwrite: replace a non-empty output directory that is not an earlier `elo init` output.
     """
     from transformers import AutoTokenizer
 
+    if not is_architecture_file(arch):
+        raise ELOError(f"elo init takes an architecture .json file, got {arch} (a model directory is loaded, "
+                       "never re-initialised)")
+    guard = {"inputs": {"--arch": arch, "--tokenizer": tokenizer}, "overwrite": overwrite}
+    check_output(output, "init", **guard)
     model = init_model(load_config(arch), seed=seed, dtype=dtype)
-    with atomic_dir(output) as tmp:
+    with atomic_dir(output, "init", **guard) as tmp:
         model.save_pretrained(tmp)
         if tokenizer:
             tok = AutoTokenizer.from_pretrained(tokenizer)

@@ -21,7 +21,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from elo_lightning.errors import ELOError
-from elo_lightning.io import MANIFEST, atomic_dir, read_json, write_json_atomic
+from elo_lightning.io import MANIFEST, PathMap, atomic_dir, check_output, read_json, write_json_atomic
 from elo_lightning.models import (
     check_architecture,
     check_safetensors_files,
@@ -226,9 +226,11 @@ def attach(model: PreTrainedModel, detached: PreTrainedModel, manifest: DetachMa
     return model
 
 
-def save_detached(detached: PreTrainedModel, manifest: DetachManifest, output: str | Path, tokenizer=None) -> Path:
-    """An HF directory (loadable by AutoModelForCausalLM) plus ``elo_manifest.json``; written atomically."""
-    with atomic_dir(output) as tmp:
+def save_detached(detached: PreTrainedModel, manifest: DetachManifest, output: str | Path, tokenizer=None, *,
+                  inputs: PathMap | None = None, overwrite: bool = False) -> Path:
+    """An HF directory (loadable by AutoModelForCausalLM) plus ``elo_manifest.json``; written atomically by
+    :func:`elo_lightning.io.atomic_dir` (kind ``"detached"``; ``inputs``/``overwrite`` as there)."""
+    with atomic_dir(output, "detached", inputs=inputs, overwrite=overwrite) as tmp:
         detached.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
@@ -257,38 +259,48 @@ def load_detached(path: str | Path, dtype: torch.dtype | None = None) -> tuple[P
 
 # -- commands ---------------------------------------------------------------------------------------------
 
-def detach_cmd(model: str, layers: str, output: str, dtype: str = "float32", seed: int = 42) -> None:
+def detach_cmd(model: str, layers: str, output: str, dtype: str = "float32", seed: int = 42,
+               overwrite: bool = False) -> None:
     """Cut λ out of a model into a standalone HF directory (+ elo_manifest.json).
 
     Args:
         model: source model: HF directory, hub id, or architecture .json (random init).
         layers: λ, 1-based, e.g. "1,-1" or "1,16,32".
-        output: directory to write.
+        output: directory to write (a non-empty one only if it holds an earlier detached checkpoint, or with
+            --overwrite; never the model or a folder containing or inside it).
         dtype: float32, bfloat16 or float16.
         seed: seed when the source is an architecture config.
+        overwrite: replace a non-empty output directory that is not an earlier detached checkpoint.
     """
     parse_layers(layers, load_config(model).num_hidden_layers)  # the layer spec before any weight is read
+    guard = {"inputs": {"--model": model}, "overwrite": overwrite}
+    check_output(output, "detached", **guard)  # before the (slow) load
     full = load_causal_lm(model, dtype=dtype, seed=seed)
     small, manifest = detach(full, layers, copy_weights=False)
-    save_detached(small, manifest, output, tokenizer=saved_tokenizer(model))
+    save_detached(small, manifest, output, tokenizer=saved_tokenizer(model), **guard)
     print(f"detached layers {manifest.layers_1based} of {manifest.source_num_layers} -> {output}")
 
 
-def attach_cmd(model: str, detached: str, output: str, dtype: str = "float32", seed: int = 42) -> None:
+def attach_cmd(model: str, detached: str, output: str, dtype: str = "float32", seed: int = 42,
+               overwrite: bool = False) -> None:
     """Write a detached checkpoint's layers back into its source model and save the result.
 
     Args:
         model: the source model the layers were detached from.
         detached: directory written by `elo detach` or by ELO training.
-        output: directory to write the full model to.
+        output: directory to write the full model to (a non-empty one only if it holds an earlier `elo attach`
+            output, or with --overwrite; never an input).
         dtype: float32, bfloat16 or float16.
         seed: seed when the source is an architecture config.
+        overwrite: replace a non-empty output directory that is not an earlier `elo attach` output.
     """
     read_manifest(detached)  # manifest and its layers before any weight is read
+    guard = {"inputs": {"--model": model, "--detached": detached}, "overwrite": overwrite}
+    check_output(output, "attached", **guard)  # before the (slow) load
     full = load_causal_lm(model, dtype=dtype, seed=seed)
     small, manifest = load_detached(detached, dtype=full.dtype)
     attach(full, small, manifest)
-    with atomic_dir(output) as tmp:
+    with atomic_dir(output, "attached", **guard) as tmp:
         full.save_pretrained(tmp)
         tok = saved_tokenizer(detached) or saved_tokenizer(model)
         if tok is not None:

@@ -198,3 +198,75 @@ def test_streaming_holds_constant_number_of_tensors(tmp_path, monkeypatch):
     assert stats["max_live"] <= 3, stats  # one tensor from each source at a time
     assert stats["max_bytes"] <= 3 * largest < model_bytes, (stats, largest, model_bytes)
     print(f"streaming: {n_tensors} tensors, model {model_bytes} B, largest {largest} B, peak live {stats}")
+
+
+# -- output writing: atomic, never over an input, arguments checked before any write --------------------------------
+
+def _files(path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(path.iterdir())}
+
+
+@pytest.fixture
+def previous(trio):
+    """A previous chat-vector output in trio/o, to be kept whole by every failed or refused rerun."""
+    apply_chat_vector(*(str(trio / n) for n in ("base", "inst", "tgt", "o")))
+    return trio / "o"
+
+
+@pytest.mark.parametrize("size", ["abc", "0", "-1GB", "GB", 0])
+def test_bad_max_shard_size_is_refused_before_any_write(previous, size):
+    before = _files(previous)
+    trio = previous.parent
+    with pytest.raises(ELOError, match="max_shard_size"):
+        apply_chat_vector(*(str(trio / n) for n in ("base", "inst", "tgt", "o")), max_shard_size=size)
+    assert _files(previous) == before
+    assert sorted(p.name for p in trio.iterdir()) == ["base", "inst", "o", "tgt"]
+
+
+def test_failure_mid_write_keeps_the_old_output_whole(previous, monkeypatch):
+    before = _files(previous)
+    trio = previous.parent
+    calls = []
+
+    def full_disk(self, name, tensor):
+        calls.append(name)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return real(self, name, tensor)
+
+    real = cv._StreamingShardWriter.write
+    monkeypatch.setattr(cv._StreamingShardWriter, "write", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        apply_chat_vector(*(str(trio / n) for n in ("base", "inst", "tgt", "o")), ratio=0.5)
+    assert _files(previous) == before  # the old weights are still there, complete
+    assert sorted(p.name for p in trio.iterdir()) == ["base", "inst", "o", "tgt"]  # no temp folder left
+
+
+def test_rerun_replaces_a_previous_output_completely(previous):
+    trio = previous.parent
+    (previous / "stale-shard.safetensors").write_bytes(b"x")
+    apply_chat_vector(*(str(trio / n) for n in ("base", "inst", "tgt", "o")), max_shard_size="30KB")
+    names = {p.name for p in previous.iterdir()}
+    assert "stale-shard.safetensors" not in names and "model.safetensors" not in names  # nothing of the old one
+    assert "model.safetensors.index.json" in names
+
+
+def test_existing_model_folder_is_refused_unless_overwrite(trio):
+    other = trio / "other"
+    _save(other, 7)
+    (other / "notes.md").write_text("mine")
+    before = _files(other)
+    with pytest.raises(ELOError, match="not empty and not a previous chat_vector output"):
+        apply_chat_vector(*(str(trio / n) for n in ("base", "inst", "tgt", "other")))
+    assert _files(other) == before
+    apply_chat_vector(*(str(trio / n) for n in ("base", "inst", "tgt", "other")), overwrite=True)
+    assert not (other / "notes.md").exists()  # replaced whole: never two models' files mixed
+    assert json.loads((other / "elo_manifest.json").read_text())["stage"] == "chat_vector"
+
+
+@pytest.mark.parametrize("output", ["tgt", "inst/cv", "."])
+def test_output_over_or_inside_an_input_is_refused(trio, output):
+    before = _files(trio / "tgt")
+    with pytest.raises(ELOError, match="input"):
+        apply_chat_vector(*(str(trio / n) for n in ("base", "inst", "tgt", output)), overwrite=True)
+    assert _files(trio / "tgt") == before and not (trio / "inst" / "cv").exists()

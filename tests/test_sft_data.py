@@ -112,7 +112,7 @@ def test_padded_batches(tmp_path, tok):
     path = _write(tmp_path / "d.jsonl", GOOD)
     dm = SFTDataModule(TOKENIZER, [path], lang_weights={"ko": 1, "en": 1}, seq_len=256, batch_size=4,
                        val_fraction=0.0)
-    batch = next(iter(dm.train_dataloader()))
+    batch = dm.on_before_batch_transfer(next(iter(dm.train_dataloader())), 0)  # as Lightning: position popped
     assert set(batch) == {"input_ids", "attention_mask", "labels"}
     lengths = batch["attention_mask"].sum(1)
     assert batch["input_ids"].shape[1] == lengths.max()
@@ -147,7 +147,7 @@ def test_packing_never_mixes_conversations(tmp_path, tok):
     dm = SFTDataModule(TOKENIZER, [path], lang_weights={"ko": 1, "en": 1}, seq_len=160, batch_size=2,
                        packing=True, val_fraction=0.0, seed=3)
     dm.setup()
-    batch = next(iter(dm.train_dataloader()))
+    batch = dm.on_before_batch_transfer(next(iter(dm.train_dataloader())), 0)
     assert set(batch) == {"input_ids", "labels", "position_ids", "use_cache"} and batch["use_cache"] is False
     torch.manual_seed(0)
     cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -285,3 +285,128 @@ def test_overlong_conversations_truncated_at_a_turn_boundary_or_skipped(tmp_path
 def test_overlong_policy_is_validated():
     with pytest.raises(ELOError, match="overlong"):
         SFTDataModule(TOKENIZER, overlong="cut")
+
+
+# -- exact resume: the loader's position is part of the checkpoint ---------------------------------------------------
+
+def _convs(n: int) -> list[dict]:
+    """n distinct short conversations, alternating ko/en."""
+    return [{"conversations": [{"from": "human", "value": f"question {i}?"}, {"from": "gpt", "value": f"answer {i}."}],
+             "lang": "ko" if i % 2 else "en"} for i in range(n)]
+
+
+def _epoch_batches(dm, loader, limit=None):
+    """One pass over ``loader`` as Lightning does it: the datamodule hook sees each batch before it is trained."""
+    out = []
+    for batch in loader:
+        batch = dm.on_before_batch_transfer(batch, 0)
+        assert "sft_position" not in batch
+        out.append(batch["input_ids"].clone())
+        if limit is not None and len(out) == limit:
+            break
+    return out
+
+
+@pytest.mark.parametrize("stop", [2, 4, 5, 9])  # mid-epoch 0, end of epoch 0 (4 batches), mid-epoch 1, 2
+def test_resume_mid_epoch_equals_uninterrupted(tmp_path, stop):
+    path = _write(tmp_path / "d.jsonl", _convs(14))
+
+    def make():
+        return SFTDataModule(TOKENIZER, [path], seq_len=64, batch_size=4, val_fraction=0.0)
+
+    dm = make()
+    loader = dm.train_dataloader()
+    reference = [b for _ in range(3) for b in _epoch_batches(dm, loader)]
+    assert len(reference) == 12  # 14 rows, batches of 4: 4 per epoch (the last has 2 rows)
+
+    first = make()
+    loader = first.train_dataloader()
+    head: list = []
+    while len(head) < stop:
+        head += _epoch_batches(first, loader, limit=stop - len(head))
+    state = json.loads(json.dumps(first.state_dict()))  # a checkpoint holds it as plain data
+    resumed = make()
+    resumed.load_state_dict(state)
+    loader = resumed.train_dataloader()
+    tail: list = []
+    while len(head) + len(tail) < len(reference):
+        tail += _epoch_batches(resumed, loader)
+    got = head + tail
+    assert len(got) == len(reference)
+    for i, (a, b) in enumerate(zip(got, reference)):
+        assert torch.equal(a, b), f"batch {i} differs after a resume at batch {stop}"
+
+
+def test_every_epoch_visits_every_row_once_in_its_own_order(tmp_path):
+    dm = SFTDataModule(TOKENIZER, [_write(tmp_path / "d.jsonl", _convs(14))], seq_len=64, batch_size=4,
+                       val_fraction=0.0)
+    loader = dm.train_dataloader()
+    epochs = [[tuple(r[r != dm.pad_id].tolist()) for b in _epoch_batches(dm, loader) for r in b] for _ in range(2)]
+    assert sorted(epochs[0]) == sorted(epochs[1]) and len(set(epochs[0])) == 14
+    assert epochs[0] != epochs[1]
+
+
+def test_ranks_share_the_epoch_without_overlap(tmp_path, monkeypatch):
+    from elo_lightning.data import sft
+
+    path = _write(tmp_path / "d.jsonl", _convs(14))
+    seen = []
+    for rank in range(2):
+        monkeypatch.setattr(sft, "_dist_info", lambda r=rank: (r, 2))
+        dm = SFTDataModule(TOKENIZER, [path], seq_len=64, batch_size=2, val_fraction=0.0)
+        seen.append({tuple(r[r != dm.pad_id].tolist()) for b in _epoch_batches(dm, dm.train_dataloader()) for r in b})
+    assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == 14
+
+
+@pytest.mark.parametrize("change,match", [(dict(batch_size=2), "batch_size"), (dict(seed=7), "seed"),
+                                          (dict(extra=1), "rows")])
+def test_resume_with_other_data_is_refused(tmp_path, change, match):
+    path = _write(tmp_path / "d.jsonl", _convs(14))
+    other = _write(tmp_path / "e.jsonl", _convs(15))
+    dm = SFTDataModule(TOKENIZER, [path], seq_len=64, batch_size=4, val_fraction=0.0)
+    _epoch_batches(dm, dm.train_dataloader(), limit=2)
+    kw = dict(seq_len=64, batch_size=change.get("batch_size", 4), val_fraction=0.0, seed=change.get("seed", 42))
+    resumed = SFTDataModule(TOKENIZER, [other if "extra" in change else path], **kw)
+    resumed.load_state_dict(dm.state_dict())
+    with pytest.raises(ELOError, match=f"cannot resume the SFT data: {match}"):
+        resumed.train_dataloader()
+
+
+def test_trainer_crash_and_resume_trains_the_same_batches(tmp_path):
+    """A run killed after step k (its step-k checkpoint) and resumed trains bit-identical losses to the full run."""
+    import lightning as L
+    from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+    from elo_lightning.checkpoint import AtomicCheckpointIO
+    from elo_lightning.modules import SFTModule
+    from elo_lightning.optim import OptimizerConfig
+
+    class Losses(Callback):
+        def __init__(self):
+            self.by_step = {}
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.by_step[trainer.global_step] = outputs["loss"].item()
+
+    path = _write(tmp_path / "d.jsonl", _convs(14))
+
+    def run(max_steps, ckpt_path=None, every=None):
+        losses = Losses()
+        callbacks = [losses] + ([ModelCheckpoint(tmp_path / "ckpt", every_n_train_steps=every, save_top_k=-1)]
+                                if every else [])
+        trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", logger=False, callbacks=callbacks,
+                            enable_checkpointing=bool(every), plugins=[AtomicCheckpointIO()],
+                            enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+        module = SFTModule(model=str(ROOT / "configs/models/tiny-llama.json"), tokenizer=TOKENIZER,
+                           optimizer=OptimizerConfig(name="adamw", lr=1e-3, warmup_steps=2), measure_flops=False)
+        dm = SFTDataModule(TOKENIZER, [path], seq_len=64, batch_size=4, val_fraction=0.0)
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+        return losses.by_step
+
+    reference = run(10, every=3)  # 4 batches per epoch: checkpoints mid-epoch 0 (step 3) and mid-epoch 1 (step 6)
+    assert sorted(reference) == list(range(1, 11))
+    for k in (3, 6):
+        (ckpt,) = (tmp_path / "ckpt").glob(f"*step={k}.ckpt")
+        resumed = run(10, ckpt_path=str(ckpt))
+        assert sorted(resumed) == list(range(k + 1, 11))
+        assert [resumed[s] for s in sorted(resumed)] == [reference[s] for s in range(k + 1, 11)], f"resume at {k}"

@@ -27,6 +27,14 @@ a language whose share exceeds its data is oversampled (whole repeats plus a ran
 is subsampled without replacement. The mix is drawn once at ``setup`` from ``seed``; the train loader reshuffles
 it every epoch. Validation holds out ``val_fraction`` of each language *before* mixing and is never resampled.
 
+Exact resume: epoch ``e`` visits the training rows in an order fixed by ``(seed, e)``; every training batch carries
+the position after it (epoch, rows of the epoch's order consumed by all ranks), the datamodule records the position
+of the last trained batch (``on_before_batch_transfer``) and ``state_dict`` puts it in every checkpoint. After
+``load_state_dict`` the train loader continues the same epoch's order where it stopped, so a killed and resumed
+run trains the same batches as an uninterrupted one (no batch replayed, none skipped, later epochs unchanged). The
+loader shards each epoch's order over ranks itself (rank ``r`` takes rows ``r, r + W, ...``), so Lightning does not
+wrap it in another distributed sampler; a resume on another world size, batch size or training set is refused.
+
 Malformed conversations are never trained on: they are counted per reason in ``datamodule.skipped``
 (``invalid_json``, ``malformed``, ``empty``, ``unknown_role``, ``no_assistant_turn``, ``template_mismatch``,
 ``too_long``) and summarised at setup. A conversation longer than ``seq_len`` is, by default
@@ -51,6 +59,7 @@ Batches (dicts passed straight to an HF causal LM):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -64,8 +73,9 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from elo_lightning.dist import rank_and_world
 from elo_lightning.errors import ELOError
 from elo_lightning.tokenizer import FALLBACK_CHAT_TEMPLATE
 
@@ -276,8 +286,68 @@ class _ListDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, i: int | tuple[int, int, int]) -> dict[str, Any]:
+        if isinstance(i, tuple):  # from _EpochOrderSampler: (epoch, rows consumed after this one, row)
+            epoch, consumed, row = i
+            return {**self.items[row], POSITION_KEY: (epoch, consumed)}
         return self.items[i]
+
+
+POSITION_KEY = "sft_position"  # training batches: [epoch, rows of the epoch consumed by all ranks after this batch]
+STATE_VERSION = 1
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The order of the ``n`` training rows in ``epoch``: a permutation fixed by ``(seed, epoch)`` alone."""
+    order = list(range(n))
+    random.Random(f"elo-sft:{seed}:{epoch}").shuffle(order)
+    return order
+
+
+class _EpochOrderSampler(DistributedSampler):
+    """Epoch ``e`` yields ``(e, consumed, row)`` for this rank's share of :func:`epoch_order` from position ``start``;
+    each ``iter()`` is the next epoch. A ``DistributedSampler`` so that Lightning does not wrap it in another one
+    (the order is already split over ranks: rank ``r`` takes positions ``r, r + W, ...``, the last group padded by
+    wrapping around as ``DistributedSampler`` does). ``__len__`` is a whole epoch: after a resume mid-epoch Lightning
+    counts the epoch's batches from the restored batch index, and the epoch ends where the uninterrupted one would."""
+
+    def __init__(self, n: int, seed: int, epoch: int, start: int, rank: int, world: int):
+        self.n, self.seed, self.epoch, self.start = n, seed, epoch, start
+        self.rank, self.num_replicas, self.shuffle, self.drop_last = rank, world, True, False
+        self.num_samples = math.ceil(n / world)
+        self.total_size = self.num_samples * world
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def set_epoch(self, epoch: int) -> None:
+        """Lightning's epoch hint is ignored: the position recorded from the trained batches is the truth."""
+
+    def __iter__(self):
+        epoch, start = self.epoch, self.start
+        self.epoch, self.start = epoch + 1, 0
+        return self._positions(epoch, start)
+
+    def _positions(self, epoch: int, start: int):
+        order = epoch_order(self.n, self.seed, epoch)
+        for p in range(start + self.rank, self.total_size, self.num_replicas):
+            yield epoch, p - self.rank + self.num_replicas, order[p % self.n]
+
+
+class _PositionCollate:
+    """Wraps a collate function: strips each row's position and puts the batch's (the last) in the batch."""
+
+    def __init__(self, collate_fn):
+        self.collate_fn = collate_fn
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        positions = [x.pop(POSITION_KEY) for x in items]
+        batch = self.collate_fn(items)
+        batch[POSITION_KEY] = torch.tensor(max(positions), dtype=torch.long)
+        return batch
+
+
+_dist_info = rank_and_world  # module-level name: tests simulate other ranks by patching it
 
 
 def pack_examples(examples: list[dict[str, Any]], seq_len: int) -> list[dict[str, list[int]]]:
@@ -437,6 +507,8 @@ class SFTDataModule(L.LightningDataModule):
         self.train_examples: list[dict[str, Any]] = []
         self.val_examples: dict[str, list[dict[str, Any]]] = {}
         self._ready = False
+        self._position = {"epoch": 0, "consumed": 0}  # after the last trained batch (see state_dict)
+        self._loaded: dict | None = None  # state from load_state_dict, checked by train_dataloader
 
     # ----------------------------------------------------------------------------------------------- setup
 
@@ -554,29 +626,86 @@ class SFTDataModule(L.LightningDataModule):
     def _rows(self, examples: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return pack_examples(examples, self.seq_len) if self.packing else examples
 
-    def _loader(self, rows: list[dict[str, Any]], shuffle: bool, language: str | None = None) -> DataLoader:
-        gen = torch.Generator().manual_seed(self.seed) if shuffle else None
+    def _loader(self, rows: list[dict[str, Any]], language: str | None = None) -> DataLoader:
+        """A validation loader (in order); the train loader is :meth:`train_dataloader`'s."""
         return DataLoader(
             _ListDataset(rows),
             batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=gen,
             num_workers=self.num_workers,
             collate_fn=partial(collate, pad_id=self.pad_id, packed=self.packing, language=language),
             persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
+        """Rows in each epoch's order from the recorded position (0 at the start, the checkpoint's after a resume)."""
         self.setup("fit")
-        return self._loader(self._rows(self.train_examples), shuffle=True)
+        rows = self._rows(self.train_examples)
+        if self._loaded is not None:
+            self._check_resume(self._loaded, rows)
+            self._loaded = None
+        rank, world = _dist_info()
+        epoch, start = self._position["epoch"], self._position["consumed"]
+        if start >= math.ceil(len(rows) / world) * world:  # stopped at the end of an epoch: the next one
+            epoch, start = epoch + 1, 0
+        return DataLoader(
+            _ListDataset(rows),
+            batch_size=self.batch_size,
+            sampler=_EpochOrderSampler(len(rows), self.seed, epoch, start, rank, world),
+            num_workers=self.num_workers,
+            collate_fn=_PositionCollate(partial(collate, pad_id=self.pad_id, packed=self.packing)),
+            persistent_workers=self.num_workers > 0,
+        )
+
+    # ----------------------------------------------------------------------------------------------- resume
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int = 0) -> Any:
+        """Record the position after a training batch (Lightning calls this right before the step trains it)."""
+        if isinstance(batch, dict) and POSITION_KEY in batch:
+            epoch, consumed = (int(v) for v in batch.pop(POSITION_KEY).reshape(-1)[:2])
+            self._position = {"epoch": epoch, "consumed": consumed}
+        return batch
+
+    def _fingerprint(self, rows: list[dict[str, Any]]) -> str:
+        key = (id(self.train_examples), len(rows))
+        if getattr(self, "_fingerprint_cache", (None,))[0] != key:
+            h = hashlib.sha256()
+            for row in rows:
+                h.update(json.dumps([row["input_ids"], row["labels"]]).encode())
+            self._fingerprint_cache = (key, h.hexdigest()[:16])
+        return self._fingerprint_cache[1]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The loader's position after the last trained batch, and what it is a position in (plain JSON)."""
+        rows = self._rows(self.train_examples) if self._ready else []
+        return {"version": STATE_VERSION, **self._position, "seed": self.seed, "rows": len(rows),
+                "rows_sha256": self._fingerprint(rows), "batch_size": self.batch_size, "world_size": _dist_info()[1],
+                "packing": self.packing}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = dict(state_dict)
+        if state.get("version") != STATE_VERSION:
+            raise ELOError(f"cannot resume the SFT data: state version {state.get('version')} (expected "
+                           f"{STATE_VERSION})")
+        self._loaded = state
+        self._position = {"epoch": int(state["epoch"]), "consumed": int(state["consumed"])}
+
+    def _check_resume(self, st: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+        now = {"seed": self.seed, "batch_size": self.batch_size, "world_size": _dist_info()[1],
+               "packing": self.packing, "rows": len(rows)}
+        for key, value in now.items():
+            if st[key] != value:
+                raise ELOError(f"cannot resume the SFT data: {key} changed (checkpoint: {st[key]}, now: {value})")
+        if st["rows_sha256"] != self._fingerprint(rows):
+            raise ELOError("cannot resume the SFT data: the training conversations changed (same count, other "
+                           "content: files, tokenizer, seq_len or language weights differ)")
 
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
         self.setup("validate")
         if self.val_per_language:
-            return [self._loader(self._rows(self.val_examples[lang]), shuffle=False, language=lang)
+            return [self._loader(self._rows(self.val_examples[lang]), language=lang)
                     for lang in self.val_languages]
         merged = [ex for lang in self.val_languages for ex in self.val_examples[lang]]
-        return self._loader(self._rows(merged), shuffle=False)
+        return self._loader(self._rows(merged))
 
     def summary(self) -> dict[str, Any]:
         """What setup kept, mixed and skipped (for logs/manifests)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from elo_lightning.io import write_json_atomic
+from elo_lightning.io import check_output, write_output_json
 
 
 def evaluate_model(
@@ -48,6 +48,7 @@ def eval_cmd(
     device: str = "cpu",
     output: str | None = None,
     num_fewshot: int | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Per-language held-out perplexity / bits-per-byte, and lm-evaluation-harness tasks, of an exported model.
 
@@ -64,14 +65,19 @@ def eval_cmd(
         include_path: folder of local lm-eval task YAMLs.
         limit: items per lm-eval task.
         device: cpu or cuda.
-        output: JSON file to write.
+        output: JSON file to write (an existing file only if it holds an earlier `elo eval` result, or with
+            --overwrite; never a device, link or input).
         num_fewshot: override the tasks' few-shot count (default: each task's own).
+        overwrite: replace an existing output file that is not an earlier `elo eval` result.
     """
+    guard = {"inputs": {"--model": model, "--data": data}, "overwrite": overwrite}
+    if output:
+        check_output(output, "eval", is_dir=False, **guard)  # before the (slow) evaluation
     files = {lang: [str(Path(data) / lang / "valid.jsonl")] for lang in languages.split(",") if lang}
     result = {"model": model, **evaluate_model(model, files, seq_len, max_sequences, tasks=tasks,
                                                include_path=include_path, limit=limit, device=device,
                                                num_fewshot=num_fewshot)}
     print(json.dumps(result, indent=2, ensure_ascii=False))
     if output:
-        write_json_atomic(output, result)
+        write_output_json(output, result, "eval", **guard)
     return result

@@ -28,6 +28,24 @@ LANGUAGE_KEY = "language"  # validation batches: the language they belong to
 MERGED = "all"  # the name of a validation batch that carries no language
 
 
+def run_folders(trainer) -> dict[str, str]:
+    """The run's log folder(s) and checkpoint folders, which no output may replace or be written into."""
+    if trainer is None:
+        return {}
+    folders: dict[str, str] = {}
+    for i, logger in enumerate(trainer.loggers):
+        n = f" {i}" if i else ""
+        if getattr(logger, "log_dir", None):
+            folders[f"log folder{n}"] = str(logger.log_dir)
+        root, save = getattr(logger, "root_dir", None), getattr(logger, "save_dir", None)
+        if root and (not save or Path(root).resolve() != Path(save).resolve()):  # <save_dir>/<name>: every version
+            folders[f"logger folder{n}"] = str(root)
+    for i, cb in enumerate(trainer.checkpoint_callbacks):
+        if getattr(cb, "dirpath", None):
+            folders[f"checkpoint folder {i}" if i else "checkpoint folder"] = str(cb.dirpath)
+    return folders
+
+
 class CausalLMModule(L.LightningModule):
     stage: ClassVar[str] = "causal_lm"  # the registry name (elo_lightning.modules.STAGES)
 
@@ -38,6 +56,7 @@ class CausalLMModule(L.LightningModule):
         optimizer: OptimizerConfig | None = None,
         seed: int = 42,
         export_dir: str | None = None,
+        overwrite_export: bool = False,
         gradient_checkpointing: bool = False,
         measure_flops: bool = True,
         sharding: ShardingConfig | None = None,
@@ -49,7 +68,10 @@ class CausalLMModule(L.LightningModule):
                 vocabulary and saved with exports.
             optimizer: optimizer and schedule; paper defaults (8-bit AdamW, lr 5e-6, cosine).
             seed: seed for random init from an architecture config.
-            export_dir: write an HF directory of the trained model here when fit ends.
+            export_dir: write an HF directory of the trained model here when fit ends. Checked when fit starts: it
+                may not be, contain or lie inside an input (model, tokenizer, detached) or the run's log/checkpoint
+                folders, and a non-empty directory must be a previous export of this stage (see ``elo_lightning.io``).
+            overwrite_export: let ``export_dir`` replace a non-empty directory that is not an export of this stage.
             gradient_checkpointing: recompute activations in backward (non-reentrant).
             measure_flops: count FLOPs per batch on a meta-device copy (for throughput/MFU logging).
             sharding: FSDP2 options, used when the strategy provides a device mesh (ModelParallelStrategy).
@@ -70,7 +92,29 @@ class CausalLMModule(L.LightningModule):
 
     def export(self, output_dir: str | Path) -> Path:
         """HF directory of the trained model plus ``elo_export.json``."""
-        return export_hf(self.model, output_dir, stage_manifest(self), tokenizer=self.tokenizer())
+        return export_hf(self.model, output_dir, stage_manifest(self), tokenizer=self.tokenizer(),
+                         **self.export_guard())
+
+    # -- outputs ----------------------------------------------------------------------------------
+    def export_guard(self) -> dict[str, Any]:
+        """What an export may not touch (``elo_lightning.io.atomic_dir``'s inputs/protected/overwrite)."""
+        inputs = {name: self.hparams.get(name) for name in ("model", "tokenizer", "detached")}
+        return {"inputs": {k: v for k, v in inputs.items() if isinstance(v, (str, Path))},
+                "protected": run_folders(self._trainer), "overwrite": bool(self.hparams.get("overwrite_export"))}
+
+    def _check_outputs_at_start(self) -> None:
+        """Refuse a bad ``export_dir`` before training, not after it; clean killed saves' leftovers (rank 0)."""
+        from elo_lightning.checkpoint import clean_checkpoint_leftovers
+        from elo_lightning.export import export_kind
+        from elo_lightning.io import check_output, clean_leftovers
+
+        if self.hparams.get("export_dir"):
+            check_output(self.hparams.export_dir, export_kind(self.stage), **self.export_guard())
+        if self.trainer.is_global_zero:
+            for cb in self.trainer.checkpoint_callbacks:
+                clean_checkpoint_leftovers(getattr(cb, "dirpath", None))
+            if self.hparams.get("export_dir"):
+                clean_leftovers(self.hparams.export_dir)
 
     def tokenizer(self):
         if self._tokenizer is None and self.hparams.tokenizer:
@@ -98,6 +142,8 @@ class CausalLMModule(L.LightningModule):
         self.model.config.use_cache = False
 
     def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self._check_outputs_at_start()
         dm = getattr(self.trainer, "datamodule", None)
         tokenizer = self.tokenizer()
         if tokenizer is not None:

@@ -101,4 +101,4 @@ class DetachedLayerModule(CausalLMModule):
         manifest = self.manifest
         meta = stage_manifest(self, layers_1based=manifest.layers_1based)
         return export_hf(self.model, output_dir, meta, tokenizer=self.tokenizer(),
-                         extra_json={MANIFEST: manifest.to_json()})
+                         extra_json={MANIFEST: manifest.to_json()}, **self.export_guard())

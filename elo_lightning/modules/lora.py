@@ -49,4 +49,5 @@ class LoRAModule(CausalLMModule):
     def export(self, output_dir: str | Path) -> Path:
         """Merged weights: a plain HF model that needs no peft to load (the adapters are folded in)."""
         merged = self.model.merge_and_unload()
-        return export_hf(merged, output_dir, stage_manifest(self, merged=True), tokenizer=self.tokenizer())
+        return export_hf(merged, output_dir, stage_manifest(self, merged=True), tokenizer=self.tokenizer(),
+                         **self.export_guard())
