@@ -115,7 +115,7 @@ CASES = [
     C("--ckpt_path empty file", f"{ELO} --ckpt_path {{fx}}/empty.ckpt", r"checkpoint .*empty.ckpt is empty \(0 bytes\)"),
     C("--ckpt_path truncated", f"{ELO} --ckpt_path {{fx}}/truncated.ckpt", r"truncated.ckpt is truncated or not a checkpoint"),
     C("--ckpt_path a model folder", f"{ELO} --ckpt_path {{fx}}/base", r"is a model directory \(config.json\), not a training checkpoint"),
-    C("--ckpt_path a sharded folder without FSDP2", f"{ELO} --ckpt_path {{fx}}/sharded.ckpt", r"is a sharded \(FSDP2\) checkpoint directory"),
+    C("--ckpt_path a sharded folder without FSDP2", f"validate --config configs/elo.yaml{PLUMBING} --ckpt_path {{fx}}/sharded.ckpt", r"is a sharded \(FSDP2\) checkpoint directory"),
     # -- the machine --
     C("full disk (simulated: writing the weights fails with ENOSPC)", "init --arch configs/models/tiny-llama.json --output {tmp}/x", r"no space left on device while writing .*/x",
       "nothing is written: the half-written temporary folder is removed", prep=_disk_full),
