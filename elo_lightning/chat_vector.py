@@ -30,7 +30,10 @@ from safetensors import safe_open
 from elo_lightning.errors import ELOError
 from elo_lightning.io import MANIFEST, atomic_dir, check_output, write_json_atomic
 
-VocabMismatch = Literal["skip", "slice", "error"]
+VocabMismatch = Literal["slice", "keep_target", "error"]
+VOCAB_MODES = ("slice", "keep_target", "error")
+# config.json fields that belong to the tokenizer: taken from the instruct model (the architecture stays the target's)
+TOKEN_ID_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id")
 OUTPUT_KIND = "chat_vector"  # elo_lightning.io: only a chat-vector output is replaced without overwrite
 
 # Substrings that identify vocabulary-sized tensors (rows = tokens), across the supported families.
@@ -265,8 +268,8 @@ def apply_chat_vector(
     target: str,
     output: str,
     ratio: float = 1.0,
-    skip: Sequence[str] = ("embed_tokens", "lm_head"),
-    vocab_mismatch: VocabMismatch = "skip",
+    skip: Sequence[str] = (),
+    vocab_mismatch: VocabMismatch = "slice",
     max_shard_size: int | str = "5GB",
     overwrite: bool = False,
 ) -> dict[str, Any]:
@@ -274,29 +277,33 @@ def apply_chat_vector(
 
     Args:
         base: the base model directory (θ_base), e.g. ``Qwen/Qwen2.5-7B`` saved locally.
-        instruct: its instruction-tuned sibling (θ_inst); its tokenizer files and chat template are copied.
-        target: the language-adapted model (e.g. ELO-aligned) that receives the vector; its config and dtype are kept.
+        instruct: its instruction-tuned sibling (θ_inst); the result speaks like it: its tokenizer files and chat
+            template are copied byte for byte, its generation_config.json (EOS ids such as Llama-3.1's
+            <|eot_id|>, sampling defaults) and the token ids of its config.json are taken.
+        target: the language-adapted model (e.g. ELO-aligned) that receives the vector; its architecture config
+            and dtype are kept.
         output: output directory (safetensors shards + index, config, tokenizer, ``elo_manifest.json``).
         ratio: scale of the chat vector.
         skip: tensors whose name contains any of these substrings are copied from the target unchanged
-            (default: embeddings and LM head, as in the chat-vector paper).
-        vocab_mismatch: for embedding/head tensors (not skipped) whose row count differs between the models:
-            ``"skip"`` keeps the target's tensor, ``"slice"`` adds the vector to the rows common to all three,
-            ``"error"`` refuses.
+            (default: none, the vector is added to every parameter; e.g. ``("embed_tokens", "lm_head")`` opts out).
+        vocab_mismatch: for embedding/head tensors whose row count differs between the models: ``"slice"``
+            (default) adds the vector to the rows common to all three and keeps the target's other rows,
+            ``"keep_target"`` keeps the target's whole tensor, ``"error"`` refuses. The manifest lists every
+            tensor skipped, kept or sliced.
         max_shard_size: maximum output shard size (bytes or ``"5GB"``-style string).
         overwrite: replace a non-empty ``output`` that is not a previous chat-vector output. Either way the output
             is written by ``elo_lightning.io.atomic_dir``: built beside, swapped in when complete (a failure keeps
             the old output whole), never into or over one of the three inputs.
 
     Returns:
-        ``{"added", "skipped", "sliced", "vocab_skipped", "copied_non_float", "tensors", "shards", "output"}``.
+        ``{"added", "skipped", "sliced", "vocab_kept", "copied_non_float", "tensors", "shards", "output"}``.
 
     Raises:
         ELOError: different architectures, a tensor missing from one model, a shape mismatch (other than
         vocabulary rows handled by ``vocab_mismatch``), an unusable output directory.
     """
-    if vocab_mismatch not in ("skip", "slice", "error"):
-        raise ELOError(f"vocab_mismatch must be 'skip', 'slice' or 'error', got {vocab_mismatch!r}")
+    if vocab_mismatch not in VOCAB_MODES:
+        raise ELOError(f"vocab_mismatch must be one of {', '.join(VOCAB_MODES)}, got {vocab_mismatch!r}")
     max_shard_bytes = parse_size(max_shard_size)
     if not math.isfinite(float(ratio)):
         raise ELOError(f"ratio must be a finite number, got {ratio!r}")
@@ -313,6 +320,7 @@ def apply_chat_vector(
     with atomic_dir(out_dir, OUTPUT_KIND, **guard) as tmp:  # the old output stays whole until this one is complete
         counts, n_shards, total_size = _write_weights(plan, (b, i, t), tmp, ratio, max_shard_bytes)
         copied_tok = _copy_side_files(i, t, tmp)
+        by_action = {a: [name for name, act in plan if act == a] for a in ("skip", "vocab_keep", "slice")}
         manifest = {
             "stage": "chat_vector",
             "formula": "target + ratio * (instruct - base)",
@@ -321,16 +329,22 @@ def apply_chat_vector(
             "skip": list(skip),
             "vocab_mismatch": vocab_mismatch,
             "counts": counts,
+            "skipped": by_action["skip"],
+            "vocab_kept": by_action["vocab_keep"],
+            "sliced": {name: {"rows_added": min(c.shapes[name][0] for c in (b, i, t)), "target_rows": t.shapes[name][0]}
+                       for name in by_action["slice"]},
             "tensors": len(plan),
             "shards": n_shards,
             "tokenizer_files_from_instruct": copied_tok,
+            "from_instruct": {"generation_config": (i.dir / GENERATION_CONFIG).is_file(),
+                              "config_token_ids": [k for k in TOKEN_ID_FIELDS if k in i.config]},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         write_json_atomic(tmp / MANIFEST, manifest)
     return {**counts, "tensors": len(plan), "shards": n_shards, "total_bytes": total_size, "output": str(out_dir)}
 
 
-ACTION_COUNTS = {"add": "added", "skip": "skipped", "slice": "sliced", "vocab_skip": "vocab_skipped",
+ACTION_COUNTS = {"add": "added", "skip": "skipped", "slice": "sliced", "vocab_keep": "vocab_kept",
                  "copy_non_float": "copied_non_float"}
 
 
@@ -358,9 +372,9 @@ def _action(name: str, shapes: tuple, dtype: torch.dtype, skip: tuple[str, ...],
     if vocab_mismatch == "error":
         raise ELOError(
             f"vocabulary size differs for {name}: base {shapes[0][0]}, instruct {shapes[1][0]}, "
-            f"target {shapes[2][0]} rows (use vocab_mismatch='skip' or 'slice', or add it to skip)"
+            f"target {shapes[2][0]} rows (use vocab_mismatch='slice' or 'keep_target', or add it to skip)"
         )
-    return "vocab_skip" if vocab_mismatch == "skip" else "slice"
+    return "vocab_keep" if vocab_mismatch == "keep_target" else "slice"
 
 
 def _write_weights(plan: list[tuple[str, str]], checkpoints: tuple[_Checkpoint, ...], out_dir: Path, ratio: float,
@@ -400,11 +414,19 @@ def _write_weights(plan: list[tuple[str, str]], checkpoints: tuple[_Checkpoint, 
     return counts, n_shards, total_size
 
 
+GENERATION_CONFIG = "generation_config.json"
+
+
 def _copy_side_files(instruct: _Checkpoint, target: _Checkpoint, out_dir: Path) -> list[str]:
-    """Config (and generation config) of the target; tokenizer + chat template of the instruct model."""
-    for fname in ("config.json", "generation_config.json"):
-        if (target.dir / fname).is_file():
-            shutil.copy2(target.dir / fname, out_dir / fname)
+    """The result speaks like the instruct model: its tokenizer files and chat template (byte for byte: re-saving
+    can change a normaliser), its generation config (EOS ids, sampling defaults; the target's when it has none)
+    and the token ids of its config; the architecture config is the target's."""
+    config = {**target.config, **{k: instruct.config[k] for k in TOKEN_ID_FIELDS if k in instruct.config}}
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    for source in (instruct.dir, target.dir):
+        if (source / GENERATION_CONFIG).is_file():
+            shutil.copy2(source / GENERATION_CONFIG, out_dir / GENERATION_CONFIG)
+            break
     copied: list[str] = []
     for pattern in TOKENIZER_FILE_GLOBS:
         for f in sorted(instruct.dir.glob(pattern)):
@@ -417,7 +439,7 @@ def _copy_side_files(instruct: _Checkpoint, target: _Checkpoint, out_dir: Path) 
 def _combine(name: str, action: str, readers: dict[str, _Reader], ratio: float) -> torch.Tensor:
     """One output tensor; holds at most the three source tensors and their float32 working copies."""
     tgt = readers["target"].get(name)
-    if action in ("skip", "vocab_skip", "copy_non_float"):
+    if action in ("skip", "vocab_keep", "copy_non_float"):
         return tgt
     dtype = tgt.dtype
     out = tgt.to(torch.float32, copy=True)
@@ -450,7 +472,7 @@ def chat_vector_cmd(
     output: str,
     ratio: float = 1.0,
     skip: list[str] | None = None,
-    vocab_mismatch: str = "skip",
+    vocab_mismatch: str = "slice",
     max_shard_size: str = "5GB",
     overwrite: bool = False,
 ) -> None:
@@ -462,13 +484,14 @@ def chat_vector_cmd(
         target: the model to receive the vector (the ELO-aligned model).
         output: directory to write.
         ratio: scale of the chat vector.
-        skip: tensor-name parts copied from target unchanged (default: embed_tokens, lm_head; [] for none).
-        vocab_mismatch: skip, slice or error when embedding/head rows differ.
+        skip: tensor-name parts copied from target unchanged (default: none, every parameter gets the vector;
+            e.g. [embed_tokens,lm_head]).
+        vocab_mismatch: when embedding/head rows differ: slice (add on the common rows), keep_target or error.
         max_shard_size: output shard size, e.g. 5GB.
         overwrite: replace a non-empty output directory that is not an earlier chat-vector output (never an input).
     """
     summary = apply_chat_vector(
-        base, instruct, target, output, ratio=ratio, skip=("embed_tokens", "lm_head") if skip is None else tuple(skip),
+        base, instruct, target, output, ratio=ratio, skip=tuple(skip or ()),
         vocab_mismatch=vocab_mismatch, max_shard_size=max_shard_size, overwrite=overwrite,
     )
     print(json.dumps(summary, indent=2, default=str))

@@ -75,6 +75,23 @@ class ELOLightningCLI(ResumeCLIMixin, LightningCLI):
     def before_test(self) -> None:
         self.check_inputs()
 
+    def before_instantiate_classes(self) -> None:
+        """No data tokenizer given: the model's own (its directory's tokenizer or hub id), never a default one."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        data, model = config.get("data"), config.get("model")
+        if data is None or model is None or "tokenizer" not in (data.get("init_args") or {}):
+            return
+        if data.init_args.tokenizer is None:
+            from elo_lightning.errors import ELOError
+            from elo_lightning.models import has_weights
+            from elo_lightning.tokenizer import own_tokenizer_dir
+
+            source = model.init_args.model
+            own = own_tokenizer_dir(source) or (source if has_weights(source) and not Path(source).exists() else None)
+            if own is None:
+                raise ELOError(f"no tokenizer: the model {source} carries none; set data.init_args.tokenizer")
+            data.init_args.tokenizer = model.init_args.tokenizer = own
+
 
 def run_lightning(args: list[str] | None) -> None:
     """Run a Lightning subcommand; ``args=None`` lets LightningCLI read ``sys.argv`` itself."""

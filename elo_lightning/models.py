@@ -31,18 +31,46 @@ _SHARD_GLOBS = ("model-*-of-*.safetensors", "pytorch_model-*-of-*.bin")
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+AUTO = "auto"  # the dtype the checkpoint was saved in (what `elo detach/attach/eval` use by default)
 
 
-def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
-    """``None`` = the current default dtype, which Lightning sets to bf16 inside ``configure_model`` under
-    ``precision="bf16-true"``: weights are then loaded directly in bf16, never materialised in fp32."""
+def resolve_dtype(dtype: str | torch.dtype | None, source: str | Path | None = None) -> torch.dtype:
+    """``None`` = the current default dtype (the training dtype), which Lightning sets to bf16 inside
+    ``configure_model`` under ``precision="bf16-true"``: weights are then loaded directly in bf16, never
+    materialised in fp32. ``"auto"`` = the dtype ``source`` was saved in (its config's ``dtype``), so a bf16
+    checkpoint stays bf16; a source without weights (architecture .json) falls back to the default dtype."""
     if dtype is None:
         return torch.get_default_dtype()
     if isinstance(dtype, torch.dtype):
         return dtype
+    if dtype == AUTO:
+        return (checkpoint_dtype(source) if source is not None else None) or torch.get_default_dtype()
     if dtype not in DTYPES:
-        raise ELOError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+        raise ELOError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES) + [AUTO]}")
     return DTYPES[dtype]
+
+
+def checkpoint_dtype(source: str | Path) -> torch.dtype | None:
+    """The dtype a checkpoint's weights were saved in (config ``dtype``/``torch_dtype``); None without weights.
+
+    Local safetensors weights are asked directly (the first floating tensor's dtype) when the config says nothing."""
+    if not has_weights(source):
+        return None
+    config = load_config(source)
+    name = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(name, torch.dtype):
+        return name
+    if isinstance(name, str) and name in DTYPES:
+        return DTYPES[name]
+    from safetensors import safe_open
+
+    stored = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+    for name, shard in (weight_files(source) or {}).items():
+        with safe_open(shard, framework="pt") as f:
+            kind = f.get_slice(name).get_dtype()
+        if kind in stored:
+            return stored[kind]
+    return None
 
 
 def check_architecture(config: PretrainedConfig) -> None:
@@ -156,12 +184,14 @@ def init_model(config: PretrainedConfig, seed: int = 42, dtype: str | torch.dtyp
 def load_causal_lm(
     source: str | Path, dtype: str | torch.dtype | None = None, seed: int = 42, device: str | torch.device = "cpu"
 ) -> PreTrainedModel:
-    """A causal LM from an HF directory or hub id (weights loaded) or an architecture ``.json`` (random init)."""
+    """A causal LM from an HF directory or hub id (weights loaded) or an architecture ``.json`` (random init).
+
+    ``dtype``: None = the default (training) dtype, ``"auto"`` = the checkpoint's own, or a name."""
     if str(device) == "meta":
         with torch.device("meta"):
-            return AutoModelForCausalLM.from_config(load_config(source), dtype=resolve_dtype(dtype))
+            return AutoModelForCausalLM.from_config(load_config(source), dtype=resolve_dtype(dtype, source))
     if not has_weights(source):
-        return init_model(load_config(source), seed=seed, dtype=dtype).to(device)
+        return init_model(load_config(source), seed=seed, dtype=resolve_dtype(dtype, source)).to(device)
     load_config(source)  # architecture check and clear errors before the (slow) weight load
     if Path(source).is_dir():
         check_weights(source)
@@ -169,7 +199,7 @@ def load_causal_lm(
     from safetensors import SafetensorError
 
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(str(source), dtype=resolve_dtype(dtype),
+        model, info = AutoModelForCausalLM.from_pretrained(str(source), dtype=resolve_dtype(dtype, source),
                                                           output_loading_info=True)
     except (OSError, ValueError, RuntimeError, SafetensorError) as err:  # truncated/corrupt or unreadable weights
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
@@ -179,6 +209,49 @@ def load_causal_lm(
         raise ELOError(f"model {source}: weights for {len(missing)} tensors missing or of the wrong shape in its "
                        f"checkpoint (e.g. {min(missing)})")
     return model.to(device)
+
+
+def weight_files(source: str | Path) -> dict[str, Path] | None:
+    """Tensor name -> safetensors file of a local HF directory (single file or sharded with an index);
+    ``None`` when the weights cannot be read by name (an architecture .json, a hub id, a .bin checkpoint)."""
+    path = Path(source)
+    if path.suffix == ".json" or not path.is_dir():
+        return None
+    index, single = path / "model.safetensors.index.json", path / "model.safetensors"
+    if index.is_file():
+        weight_map = json.loads(index.read_text()).get("weight_map", {})
+        missing = sorted({f for f in weight_map.values() if not (path / f).is_file()})
+        if missing:
+            raise ELOError(f"{path}: shard {missing[0]} listed in the index is missing")
+        return {name: path / f for name, f in weight_map.items()}
+    if single.is_file():
+        from safetensors import safe_open
+
+        with safe_open(single, framework="pt") as f:
+            return {name: single for name in f.keys()}
+    return None
+
+
+def read_tensors(
+    files: dict[str, Path], names: dict[str, str], dtype: torch.dtype | None = None
+) -> dict[str, torch.Tensor]:
+    """``{key: tensor}`` for ``names = {key: tensor name in the checkpoint}``, read by name from memory-mapped
+    safetensors shards (only these tensors are read), cast to ``dtype`` (None: as stored), one shard at a time."""
+    from safetensors import safe_open
+
+    missing = sorted(src for src in names.values() if src not in files)
+    if missing:
+        raise ELOError(f"tensor {missing[0]} not found in the checkpoint ({len(missing)} missing)")
+    by_shard: dict[Path, list[tuple[str, str]]] = {}
+    for key, src in names.items():
+        by_shard.setdefault(files[src], []).append((key, src))
+    out: dict[str, torch.Tensor] = {}
+    for shard, items in sorted(by_shard.items()):
+        with safe_open(shard, framework="pt") as f:
+            for key, src in items:
+                tensor = f.get_tensor(src)
+                out[key] = tensor if dtype is None or tensor.dtype == dtype else tensor.to(dtype)
+    return out
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:

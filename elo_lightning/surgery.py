@@ -28,7 +28,10 @@ from elo_lightning.models import (
     decoder_layers,
     load_causal_lm,
     load_config,
+    read_tensors,
+    resolve_dtype,
     saved_tokenizer,
+    weight_files,
 )
 
 FORMAT = "elo-detached/1"
@@ -67,12 +70,38 @@ def fingerprint(model: PreTrainedModel) -> str:
     embed = model.get_input_embeddings().weight
     if embed.is_meta:
         return ""
+    embed = embed.detach()
+    return _fingerprint(embed[:: _fingerprint_stride(embed.shape[0])], model.model.norm.weight.detach())
+
+
+def _fingerprint_stride(rows: int) -> int:
+    return max(1, rows // 64)
+
+
+def _fingerprint(rows: torch.Tensor, norm: torch.Tensor) -> str:
     h = hashlib.sha256()
-    embed = model.get_input_embeddings().weight.detach()
-    rows = embed[:: max(1, embed.shape[0] // 64)]
-    for t in (rows, model.model.norm.weight.detach()):
+    for t in (rows, norm):
         h.update(t.float().contiguous().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def checkpoint_fingerprint(source: str | Path) -> str | None:
+    """``fingerprint`` of a local safetensors checkpoint, reading only ~64 embedding rows and the final norm
+    (by name, memory-mapped); None when the weights cannot be read by name (hub id, .bin, architecture .json)."""
+    files = weight_files(source)
+    if files is None:
+        return None
+    from safetensors import safe_open
+
+    embed, norm = "model.embed_tokens.weight", "model.norm.weight"
+    for name in (embed, norm):
+        if name not in files:
+            raise ELOError(f"{source}: tensor {name} not found in the checkpoint")
+    with safe_open(files[embed], framework="pt") as f:
+        sl = f.get_slice(embed)
+        n = sl.get_shape()[0]
+        rows = torch.cat([sl[i : i + 1] for i in range(0, n, _fingerprint_stride(n))])
+    return _fingerprint(rows, read_tensors(files, {"norm": norm})["norm"])
 
 
 @dataclass
@@ -141,6 +170,54 @@ def _subset_config(config, layers: list[int]):
     return small
 
 
+def detach_from_checkpoint(
+    source: str | Path, layers: str | Sequence[int], dtype: str | torch.dtype | None = None
+) -> tuple[PreTrainedModel, DetachManifest]:
+    """The small model of ``detach``, built without the full model: from the config, with only the embedding,
+    the layers λ, the final norm and the LM head read from the safetensors shards (by tensor name,
+    memory-mapped), cast to ``dtype`` (None: the default/training dtype; "auto": the checkpoint's).
+
+    Peak memory is the small model plus one tensor in flight, instead of the whole model (in fp32 by default)
+    plus the copy. The layer selection is checked against the config before any weight is read. Needs a local
+    directory with safetensors weights (``weight_files``); the others go through ``detach`` of a loaded model.
+    """
+    config = load_config(source)
+    idx = parse_layers(layers, config.num_hidden_layers)  # cheap checks first
+    files = weight_files(source)
+    if files is None:
+        raise ELOError(f"{source}: no safetensors weights to read by name (convert with save_pretrained)")
+    from accelerate import init_empty_weights
+
+    small_config = _subset_config(config, idx)
+    with init_empty_weights(include_buffers=False):  # parameters on meta; buffers (RoPE tables) computed
+        small = AutoModelForCausalLM.from_config(small_config, dtype=resolve_dtype(dtype, source))
+    target = small.dtype
+    names = {}
+    for key in small.state_dict():
+        parts = key.split(".")
+        if parts[:2] == ["model", "layers"]:
+            parts[2] = str(idx[int(parts[2])])
+        names[key] = ".".join(parts)
+    tied = {k for k, src in names.items() if src not in files and k == "lm_head.weight" and config.tie_word_embeddings}
+    state = read_tensors(files, {k: v for k, v in names.items() if k not in tied})
+    source_fp = _fingerprint(state["model.embed_tokens.weight"][:: _fingerprint_stride(config.vocab_size)],
+                             state["model.norm.weight"])
+    state = {k: (v if v.dtype == target or not v.is_floating_point() else v.to(target)) for k, v in state.items()}
+    small.load_state_dict(state, strict=False, assign=True)
+    del state
+    if tied:
+        small.tie_weights()
+    left = [n for n, t in [*small.named_parameters(), *small.named_buffers()] if t.is_meta]
+    if left:
+        raise ELOError(f"unsupported architecture {type(small).__name__}: parts not read from {source}: {left[:5]}")
+    small.eval()
+    if (Path(source) / "generation_config.json").is_file():
+        from transformers import GenerationConfig
+
+        small.generation_config = GenerationConfig.from_pretrained(source)
+    return small, detach_manifest(config, idx, source_fp)
+
+
 def detach(
     model: PreTrainedModel, layers: str | Sequence[int], copy_weights: bool = True
 ) -> tuple[PreTrainedModel, DetachManifest]:
@@ -185,20 +262,35 @@ def detach_manifest(config, layer_indices: list[int], source_fingerprint: str) -
     )
 
 
-def check_compatible(model: PreTrainedModel, detached: PreTrainedModel, manifest: DetachManifest) -> None:
-    stack = decoder_layers(model)
-    mine = (model.config.model_type, len(stack), model.config.hidden_size, model.config.vocab_size)
+def _check_shape(config, num_layers: int, manifest: DetachManifest) -> None:
+    mine = (config.model_type, num_layers, config.hidden_size, config.vocab_size)
     theirs = (manifest.model_type, manifest.source_num_layers, manifest.hidden_size, manifest.vocab_size)
     if mine != theirs:
         raise ELOError(
             "detached checkpoint comes from a different model: "
             f"(type, layers, hidden, vocab) = {theirs}, this model has {mine}"
         )
-    if manifest.fingerprint and fingerprint(model) != manifest.fingerprint:
+
+
+def _check_fingerprint(found: str | None, manifest: DetachManifest) -> None:
+    if manifest.fingerprint and found is not None and found != manifest.fingerprint:
         raise ELOError(
             f"detached checkpoint comes from a different model ({manifest.source or 'unknown source'}): "
             "embedding/norm fingerprint differs"
         )
+
+
+def check_source(source: str | Path, manifest: DetachManifest) -> None:
+    """``check_compatible`` before loading the full model: config shape, then the fingerprint read from the
+    safetensors shards (a few embedding rows and the norm). Sources not readable by name are checked after load."""
+    config = load_config(source)
+    _check_shape(config, config.num_hidden_layers, manifest)
+    _check_fingerprint(checkpoint_fingerprint(source), manifest)
+
+
+def check_compatible(model: PreTrainedModel, detached: PreTrainedModel, manifest: DetachManifest) -> None:
+    _check_shape(model.config, len(decoder_layers(model)), manifest)
+    _check_fingerprint(fingerprint(model), manifest)
     if len(decoder_layers(detached)) != len(manifest.layers):
         raise ELOError(
             f"detached model has {len(decoder_layers(detached))} layers but its manifest lists {len(manifest.layers)}"
@@ -224,6 +316,30 @@ def attach(model: PreTrainedModel, detached: PreTrainedModel, manifest: DetachMa
         if manifest.trained.get(name):
             dst.load_state_dict(src.state_dict(), strict=True)
     return model
+
+
+def rounded_by_attach(model: PreTrainedModel, detached: PreTrainedModel, manifest: DetachManifest) -> list[str]:
+    """Names of the detached tensors that ``attach`` would change by casting them to the model's dtype (fp32 ELO
+    output written into a bf16 model rounds away trained updates); empty when the dtypes agree."""
+    dtype = model.dtype
+    changed = []
+    for name, tensor in _attached_state(detached, manifest).items():
+        if not tensor.is_floating_point() or tensor.dtype == dtype:
+            continue
+        if not torch.equal(tensor.to(dtype).to(tensor.dtype), tensor):
+            changed.append(name)
+    return changed
+
+
+def _attached_state(detached: PreTrainedModel, manifest: DetachManifest) -> dict[str, torch.Tensor]:
+    """What ``attach`` writes: the λ layers and the shared parts the manifest marks as trained."""
+    state = {f"layers.{i}.{k}": v for n, i in enumerate(manifest.layers)
+             for k, v in decoder_layers(detached)[n].state_dict().items()}
+    parts = {"embed_tokens": detached.get_input_embeddings(), "norm": detached.model.norm, "lm_head": detached.lm_head}
+    for part, module in parts.items():
+        if manifest.trained.get(part):
+            state.update({f"{part}.{k}": v for k, v in module.state_dict().items()})
+    return state
 
 
 def save_detached(detached: PreTrainedModel, manifest: DetachManifest, output: str | Path, tokenizer=None, *,
@@ -259,7 +375,7 @@ def load_detached(path: str | Path, dtype: torch.dtype | None = None) -> tuple[P
 
 # -- commands ---------------------------------------------------------------------------------------------
 
-def detach_cmd(model: str, layers: str, output: str, dtype: str = "float32", seed: int = 42,
+def detach_cmd(model: str, layers: str, output: str, dtype: str = "auto", seed: int = 42,
                overwrite: bool = False) -> None:
     """Cut λ out of a model into a standalone HF directory (+ elo_manifest.json).
 
@@ -268,20 +384,23 @@ def detach_cmd(model: str, layers: str, output: str, dtype: str = "float32", see
         layers: λ, 1-based, e.g. "1,-1" or "1,16,32".
         output: directory to write (a non-empty one only if it holds an earlier detached checkpoint, or with
             --overwrite; never the model or a folder containing or inside it).
-        dtype: float32, bfloat16 or float16.
+        dtype: auto (the source's own: a bf16 checkpoint stays bf16), float32, bfloat16 or float16.
         seed: seed when the source is an architecture config.
         overwrite: replace a non-empty output directory that is not an earlier detached checkpoint.
     """
     parse_layers(layers, load_config(model).num_hidden_layers)  # the layer spec before any weight is read
     guard = {"inputs": {"--model": model}, "overwrite": overwrite}
     check_output(output, "detached", **guard)  # before the (slow) load
-    full = load_causal_lm(model, dtype=dtype, seed=seed)
-    small, manifest = detach(full, layers, copy_weights=False)
+    if weight_files(model) is not None:  # a local safetensors checkpoint: read only what is kept
+        small, manifest = detach_from_checkpoint(model, layers, dtype=dtype)
+    else:
+        full = load_causal_lm(model, dtype=dtype, seed=seed)
+        small, manifest = detach(full, layers, copy_weights=False)
     save_detached(small, manifest, output, tokenizer=saved_tokenizer(model), **guard)
-    print(f"detached layers {manifest.layers_1based} of {manifest.source_num_layers} -> {output}")
+    print(f"detached layers {manifest.layers_1based} of {manifest.source_num_layers} ({small.dtype}) -> {output}")
 
 
-def attach_cmd(model: str, detached: str, output: str, dtype: str = "float32", seed: int = 42,
+def attach_cmd(model: str, detached: str, output: str, dtype: str = "auto", seed: int = 42,
                overwrite: bool = False) -> None:
     """Write a detached checkpoint's layers back into its source model and save the result.
 
@@ -290,19 +409,25 @@ def attach_cmd(model: str, detached: str, output: str, dtype: str = "float32", s
         detached: directory written by `elo detach` or by ELO training.
         output: directory to write the full model to (a non-empty one only if it holds an earlier `elo attach`
             output, or with --overwrite; never an input).
-        dtype: float32, bfloat16 or float16.
+        dtype: auto (the source model's own), float32, bfloat16 or float16; the detached tensors are cast to it.
         seed: seed when the source is an architecture config.
         overwrite: replace a non-empty output directory that is not an earlier `elo attach` output.
     """
     read_manifest(detached)  # manifest and its layers before any weight is read
     guard = {"inputs": {"--model": model, "--detached": detached}, "overwrite": overwrite}
     check_output(output, "attached", **guard)  # before the (slow) load
+    check_source(model, read_manifest(detached))  # a mismatched checkpoint is refused before the full load
     full = load_causal_lm(model, dtype=dtype, seed=seed)
-    small, manifest = load_detached(detached, dtype=full.dtype)
+    small, manifest = load_detached(detached)  # in the dtype it was saved in
+    rounded = rounded_by_attach(full, small, manifest)
     attach(full, small, manifest)
     with atomic_dir(output, "attached", **guard) as tmp:
         full.save_pretrained(tmp)
         tok = saved_tokenizer(detached) or saved_tokenizer(model)
         if tok is not None:
             tok.save_pretrained(tmp)
-    print(f"attached layers {manifest.layers_1based} into {model} -> {output}")
+    print(f"attached layers {manifest.layers_1based} into {model} ({full.dtype}) -> {output}")
+    if rounded:
+        total = len(_attached_state(small, manifest))
+        print(f"note: {len(rounded)} of {total} attached tensors changed when rounded from {small.dtype} to "
+              f"{full.dtype} (trained updates below its resolution are lost); --dtype float32 keeps them")

@@ -56,7 +56,8 @@ def trio(tmp_path):
 
 def test_arithmetic_exact_and_skip(trio):
     out = trio / "out"
-    summary = apply_chat_vector(str(trio / "base"), str(trio / "inst"), str(trio / "tgt"), str(out), ratio=0.5)
+    summary = apply_chat_vector(str(trio / "base"), str(trio / "inst"), str(trio / "tgt"), str(out), ratio=0.5,
+                                skip=("embed_tokens", "lm_head"))  # opt-in skip
     b, i, t, o = (_state(trio / n) for n in ("base", "inst", "tgt", "out"))
     assert set(o) == set(t)
     for name in t:
@@ -75,6 +76,16 @@ def test_arithmetic_exact_and_skip(trio):
     assert manifest["stage"] == "chat_vector" and manifest["ratio"] == 0.5
     assert set(manifest["sources"]) == {"base", "instruct", "target"}
     assert manifest["counts"]["added"] == summary["added"]
+    assert manifest["skipped"] == ["lm_head.weight", "model.embed_tokens.weight"]
+
+
+def test_default_adds_to_every_parameter(trio):
+    summary = apply_chat_vector(str(trio / "base"), str(trio / "inst"), str(trio / "tgt"), str(trio / "out"))
+    b, i, t, o = (_state(trio / n) for n in ("base", "inst", "tgt", "out"))
+    assert summary["added"] == len(t) and summary["skipped"] == 0
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        torch.testing.assert_close(o[name], t[name] + (i[name] - b[name]), rtol=0, atol=1e-6)
+    assert json.loads((trio / "out" / "elo_manifest.json").read_text())["skipped"] == []
 
 
 def test_no_skip_adds_everything_and_keeps_target_dtype(tmp_path):
@@ -120,14 +131,18 @@ def test_vocab_mismatch_modes(tmp_path):
     _save(tmp_path / "inst", 1, vocab_size=260)  # instruct added 4 tokens
     _save(tmp_path / "tgt", 2)
     args = [str(tmp_path / n) for n in ("base", "inst", "tgt")]
-    # default skip list covers embeddings/head: vocab difference is irrelevant
-    assert apply_chat_vector(*args, str(tmp_path / "o0"))["skipped"] == 2
+    # an opt-in skip of embeddings/head makes the vocab difference irrelevant
+    assert apply_chat_vector(*args, str(tmp_path / "o0"), skip=("embed_tokens", "lm_head"))["skipped"] == 2
     with pytest.raises(ELOError, match="vocabulary size differs"):
-        apply_chat_vector(*args, str(tmp_path / "o1"), skip=(), vocab_mismatch="error")
-    s = apply_chat_vector(*args, str(tmp_path / "o2"), skip=(), vocab_mismatch="skip")
-    assert s["vocab_skipped"] == 2
-    s = apply_chat_vector(*args, str(tmp_path / "o3"), skip=(), vocab_mismatch="slice")
+        apply_chat_vector(*args, str(tmp_path / "o1"), vocab_mismatch="error")
+    s = apply_chat_vector(*args, str(tmp_path / "o2"), vocab_mismatch="keep_target")
+    assert s["vocab_kept"] == 2
+    manifest = json.loads((tmp_path / "o2" / "elo_manifest.json").read_text())
+    assert manifest["vocab_kept"] == ["lm_head.weight", "model.embed_tokens.weight"]
+    s = apply_chat_vector(*args, str(tmp_path / "o3"))  # default: add on the common rows
     assert s["sliced"] == 2
+    manifest = json.loads((tmp_path / "o3" / "elo_manifest.json").read_text())
+    assert manifest["sliced"]["lm_head.weight"] == {"rows_added": 256, "target_rows": 256}
     b, i, t, o = (_state(tmp_path / n) for n in ("base", "inst", "tgt", "o3"))
     name = "model.embed_tokens.weight"
     torch.testing.assert_close(o[name], t[name] + (i[name][:256] - b[name]), rtol=0, atol=1e-6)
@@ -270,3 +285,30 @@ def test_output_over_or_inside_an_input_is_refused(trio, output):
     with pytest.raises(ELOError, match="input"):
         apply_chat_vector(*(str(trio / n) for n in ("base", "inst", "tgt", output)), overwrite=True)
     assert _files(trio / "tgt") == before and not (trio / "inst" / "cv").exists()
+
+
+def test_result_speaks_like_the_instruct_model(tmp_path):
+    """Tokenizer files byte for byte, chat template, generation config (EOS ids [2, 5], sampling) and the config's
+    token ids from the instruct model; the architecture config from the target."""
+    from tiny_models import real_like_tokenizer, save_real_like
+
+    save_real_like(tmp_path / "base", "llama", seed=0, tokenizer=False)
+    inst = save_real_like(tmp_path / "inst", "llama", seed=1)
+    tgt = save_real_like(tmp_path / "tgt", "llama", seed=2, tokenizer=False)
+    real_like_tokenizer(None).save_pretrained(tgt)  # the target's own (other) tokenizer must not leak through
+    gen = json.loads((tgt / "generation_config.json").read_text())
+    gen["eos_token_id"] = 2  # a base-like generation config: stops at </s> only
+    (tgt / "generation_config.json").write_text(json.dumps(gen))
+    cfg = json.loads((tgt / "config.json").read_text())
+    cfg["eos_token_id"], cfg["rms_norm_eps"] = 7, 1e-5  # the architecture value must stay the target's
+    (tgt / "config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "out"
+    apply_chat_vector(str(tmp_path / "base"), str(inst), str(tgt), str(out))
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
+        assert (out / name).read_bytes() == (inst / name).read_bytes(), name
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    assert GenerationConfig.from_pretrained(out).eos_token_id == [2, 5]
+    config = AutoConfig.from_pretrained(out)
+    assert config.eos_token_id == 2 and config.rms_norm_eps == 1e-5
+    assert AutoTokenizer.from_pretrained(out)("a")["input_ids"][0] == 1  # the instruct tokenizer (adds BOS)

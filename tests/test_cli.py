@@ -269,3 +269,29 @@ def test_resume_after_the_model_folder_moved(tmp_path, base_model):
     _elo_fit(tmp_path, "--ckpt_path", "last", "--model.init_args.model", str(tmp_path / "moved"),
              "--model.init_args.export_dir", str(tmp_path / "e"), steps=2)
     assert json.loads((tmp_path / "e" / "elo_export.json").read_text())["global_step"] == 2
+
+
+def test_data_tokenizer_defaults_to_the_models_own(tmp_path):
+    """No tokenizer in the data config: the model's own (its directory's), for the data and the module alike;
+    a model without one is refused instead of falling back to some tokenizer."""
+    import lightning as L
+    from tiny_models import save_real_like
+
+    from elo_lightning.errors import ELOError
+    from elo_lightning.lightning_cli import ELOLightningCLI
+
+    model = save_real_like(tmp_path / "m", "llama")
+    langs = '[{name: en, train: [data/sample/pretrain/en/train-*.jsonl]}]'
+
+    def cli(source):
+        return ELOLightningCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True,
+                               subclass_mode_data=True, run=False, auto_configure_optimizers=False,
+                               args=["--model", "elo_lightning.modules.DetachedLayerModule",
+                                     "--model.init_args.model", source,
+                                     "--data", "elo_lightning.data.BilingualDataModule",
+                                     "--data.init_args.languages", langs, "--trainer.logger", "false"])
+
+    made = cli(str(model))
+    assert made.datamodule.tokenizer_name == str(model) and made.model.hparams.tokenizer == str(model)
+    with pytest.raises(ELOError, match="carries none"):
+        cli("configs/models/tiny-llama.json")

@@ -178,3 +178,23 @@ def test_validation_is_logged_under_the_language_the_batch_carries(source):
     assert _val_loss_keys(source, [{**batch, "language": "en"}]) == {"val/en/loss"}
     # a merged loader (no language) is never logged under the first language's name
     assert _val_loss_keys(source, [batch]) == {"val/all/loss"}
+
+
+def test_setup_refuses_another_models_tokenizer(tmp_path):
+    """The demo tokenizer (8192 tokens) or any tokenizer other than the model's own is refused before training;
+    allow_tokenizer_mismatch accepts a smaller foreign one."""
+    from tiny_models import real_like_tokenizer, save_real_like
+
+    model = save_real_like(tmp_path / "m", "llama")
+    other = tmp_path / "other"
+    real_like_tokenizer("template", extra_tokens=5).save_pretrained(other)
+    trainer = L.Trainer(logger=False, enable_checkpointing=False)
+    cases = (("configs/tokenizer", True, "vocabulary has 512"), (str(other), False, "not the model"))
+    for tok, allow, message in cases:
+        module = DetachedLayerModule(model=str(model), tokenizer=tok, allow_tokenizer_mismatch=allow)
+        module.trainer = trainer
+        with pytest.raises(ELOError, match=message):
+            module.setup("fit")
+    module = DetachedLayerModule(model=str(model), tokenizer=str(other), allow_tokenizer_mismatch=True)
+    module.trainer = trainer
+    module.setup("fit")

@@ -4,10 +4,14 @@ It knows nothing of ELO: it turns per-language text shards into fixed-length cau
 
 Training stream (``_PackedStream``, an IterableDataset)
 -------------------------------------------------------
-* **Packing.** Each document is tokenized without special tokens, ``</s>`` is appended (and ``<s>`` prepended
-  with ``add_bos``); documents are concatenated and cut into ``seq_len`` sequences. A document longer than the
-  room left continues in the next sequence. A sample is ``{"input_ids": LongTensor[seq_len], "labels": same}``
-  (HF causal LMs shift the labels themselves) plus ``stream_id``/``stream_state`` (see resume).
+* **Packing.** Each document is tokenized without special tokens, EOS is appended and BOS prepended when the
+  tokenizer adds one (``add_bos=None``, the default, follows the tokenizer: Llama-3 and Gemma add BOS and their
+  models were trained with it, Qwen2 adds none; ``True``/``False`` override). Documents are concatenated and cut
+  into ``seq_len`` sequences, so every document starts with BOS where the model expects it. A document longer
+  than the room left continues in the next sequence: a sequence that starts in the middle of a document is the
+  only one that does not start with BOS (as in every packed pre-training stream). A sample is
+  ``{"input_ids": LongTensor[seq_len], "labels": same}`` (HF causal LMs shift the labels themselves) plus
+  ``stream_id``/``stream_state`` (see resume).
 * **Infinite.** Each language cycles over its shards; every pass is an *epoch* of that language. With
   ``shuffle_shards`` the shard order of each epoch is a permutation seeded by (seed, language, epoch). Documents
   inside a shard keep their file order (shards are expected to be pre-shuffled). The Trainer's ``max_steps``
@@ -304,22 +308,25 @@ class BilingualDataModule(L.LightningDataModule):
         batch_size / val_batch_size: train / validation batch size (validation defaults to ``batch_size``).
         num_workers: DataLoader workers of the train and validation loaders.
         seed: seeds the per-epoch shard permutations.
-        add_bos: prepend ``<s>`` to every document (``</s>`` is always appended).
+        add_bos: prepend BOS to every document; ``None`` (default): exactly when the tokenizer adds BOS itself
+            (``tokenizer(text)`` starts with it), so training sees what the model was trained on. EOS is always
+            appended.
         val_max_sequences: validation sequences per language (None: all).
         shuffle_shards: permute each language's shard order every epoch.
         pin_memory: pin batches (off by default).
     """
 
-    def __init__(self, tokenizer: str, languages: list[LanguageSource], seq_len: int = 2048, batch_size: int = 4,
-                 val_batch_size: int | None = None, num_workers: int = 0, seed: int = 42, add_bos: bool = False,
+    def __init__(self, tokenizer: str | None, languages: list[LanguageSource], seq_len: int = 2048, batch_size: int = 4,
+                 val_batch_size: int | None = None, num_workers: int = 0, seed: int = 42, add_bos: bool | None = None,
                  val_max_sequences: int | None = 256, shuffle_shards: bool = True, pin_memory: bool = False):
         super().__init__()
         self.save_hyperparameters(logger=False)  # recorded in checkpoints and in the export's elo_export.json
-        self.tokenizer_name = str(tokenizer)
+        self.tokenizer_name = None if tokenizer is None else str(tokenizer)
         self.languages = [LanguageSource(**lang) if isinstance(lang, dict) else lang for lang in (languages or [])]
         self.seq_len, self.batch_size = int(seq_len), int(batch_size)
         self.val_batch_size = int(val_batch_size) if val_batch_size is not None else self.batch_size
-        self.num_workers, self.seed, self.add_bos = int(num_workers), int(seed), bool(add_bos)
+        self.num_workers, self.seed = int(num_workers), int(seed)
+        self.add_bos = None if add_bos is None else bool(add_bos)  # None: resolved from the tokenizer on load
         self.val_max_sequences, self.shuffle_shards, self.pin_memory = val_max_sequences, shuffle_shards, pin_memory
         self._check_arguments()
         self._tokenizer = None
@@ -376,6 +383,9 @@ class BilingualDataModule(L.LightningDataModule):
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
+            if self.tokenizer_name is None:
+                raise ELOError("BilingualDataModule: no tokenizer (`elo fit` takes the model's own; set "
+                               "data.init_args.tokenizer when the model carries none)")
             try:
                 tok = AutoTokenizer.from_pretrained(self.tokenizer_name)
             except Exception as e:  # noqa: BLE001 - any load failure is a bad argument
@@ -384,6 +394,10 @@ class BilingualDataModule(L.LightningDataModule):
                 raise ELOError(f"tokenizer {self.tokenizer_name!r} has no eos token (needed as document boundary)")
             if self.add_bos and tok.bos_token_id is None:
                 raise ELOError(f"tokenizer {self.tokenizer_name!r} has no bos token but add_bos=True")
+            if self.add_bos is None:
+                from elo_lightning.tokenizer import adds_bos
+
+                self.add_bos = adds_bos(tok)
             self._tokenizer = tok
         return self._tokenizer
 
@@ -499,6 +513,7 @@ class BilingualDataModule(L.LightningDataModule):
                 for lang, s in zip(self.languages, self._train_shards)}
 
     def state_dict(self) -> dict:
+        _ = self.tokenizer  # resolves add_bos
         streams = {str(k): v for k, v in self._streams.items()}
         next_role = {str(k): v for k, v in self._next_role.items()}
         rank, world = _dist_info()

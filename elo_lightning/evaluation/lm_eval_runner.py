@@ -205,7 +205,7 @@ def run_lm_eval(
     batch_size: int = 1,
     device: str = "cpu",
     output: str | None = None,
-    dtype: str = "float32",
+    dtype: str = "auto",
     num_fewshot: int | None = None,
     seed: int = 1234,
 ) -> dict[str, Any]:
@@ -220,7 +220,7 @@ def run_lm_eval(
         batch_size: lm-eval batch size.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:0"``...
         output: optional JSON file for the results (metrics per task, config, versions).
-        dtype: model dtype passed to the HF loader.
+        dtype: model dtype passed to the HF loader ("auto": the checkpoint's own, e.g. bf16).
         num_fewshot: few-shot examples (``None``: task default).
         seed: lm-eval's random/numpy/torch/fewshot seeds.
 

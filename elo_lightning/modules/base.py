@@ -60,6 +60,7 @@ class CausalLMModule(L.LightningModule):
         gradient_checkpointing: bool = False,
         measure_flops: bool = True,
         sharding: ShardingConfig | None = None,
+        allow_tokenizer_mismatch: bool = False,
     ) -> None:
         """
         Args:
@@ -75,6 +76,8 @@ class CausalLMModule(L.LightningModule):
             gradient_checkpointing: recompute activations in backward (non-reentrant).
             measure_flops: count FLOPs per batch on a meta-device copy (for throughput/MFU logging).
             sharding: FSDP2 options, used when the strategy provides a device mesh (ModelParallelStrategy).
+            allow_tokenizer_mismatch: accept a tokenizer other than the one the model directory carries
+                (a deliberate vocabulary change); one larger than the vocabulary is always refused.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -148,13 +151,10 @@ class CausalLMModule(L.LightningModule):
         tokenizer = self.tokenizer()
         if tokenizer is not None:
             from elo_lightning.models import load_config
+            from elo_lightning.tokenizer import check_tokenizer
 
-            vocab = load_config(self.source).vocab_size
-            if len(tokenizer) > vocab:
-                raise ELOError(
-                    f"tokenizer has {len(tokenizer)} tokens but the model's vocabulary has {vocab}: "
-                    "they do not belong together"
-                )
+            check_tokenizer(tokenizer, self.source, load_config(self.source).vocab_size,
+                            self.hparams.get("allow_tokenizer_mismatch", False), name=self.hparams.tokenizer)
         for lang in getattr(dm, "val_languages", None) or []:
             self.val_metrics[lang] = MeanMetric()
 

@@ -9,11 +9,12 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from elo_lightning.export import export_hf, stage_manifest
 from elo_lightning.io import MANIFEST
-from elo_lightning.models import load_causal_lm, load_config
+from elo_lightning.models import load_causal_lm, load_config, resolve_dtype, weight_files
 from elo_lightning.modules.base import CausalLMModule
 from elo_lightning.surgery import (
     DetachManifest,
     detach,
+    detach_from_checkpoint,
     detach_manifest,
     load_detached,
     parse_layers,
@@ -82,9 +83,15 @@ class DetachedLayerModule(CausalLMModule):
             if device == "meta":
                 with torch.device("meta"):
                     return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(self.source))
-            return load_detached(self.source)[0]
-        full = load_causal_lm(self.source, seed=self.hparams.seed, device=device)
-        small, manifest = detach(full, self.hparams.layers, copy_weights=False)
+            return load_detached(self.source, dtype=resolve_dtype(None))[0]  # the training dtype
+        if device != "meta" and weight_files(self.source) is not None:
+            # Only what ELO trains on is read: embedding, λ, final norm, head (by name, memory-mapped, in the
+            # training dtype); the middle layers are never loaded. Each DDP rank holds the small model only
+            # (the shards' pages are shared through the page cache).
+            small, manifest = detach_from_checkpoint(self.source, self.hparams.layers, dtype=resolve_dtype(None))
+        else:  # an architecture .json (seeded random init of the full model), a hub id, a .bin checkpoint
+            full = load_causal_lm(self.source, seed=self.hparams.seed, device=device)
+            small, manifest = detach(full, self.hparams.layers, copy_weights=False)
         if device != "meta":  # a meta build (FLOP counting, sharded non-zero ranks) has no weights to hash
             self._source_fingerprint = manifest.fingerprint
         return small

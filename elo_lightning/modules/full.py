@@ -9,7 +9,7 @@ from transformers import PreTrainedModel
 
 from elo_lightning.models import load_causal_lm
 from elo_lightning.modules.base import CausalLMModule
-from elo_lightning.surgery import attach, load_detached, read_manifest
+from elo_lightning.surgery import attach, check_source, load_detached, read_manifest
 
 
 class FullFineTuningModule(CausalLMModule):
@@ -32,9 +32,12 @@ class FullFineTuningModule(CausalLMModule):
             read_manifest(self.hparams.detached)
 
     def build_model(self, device: str = "cpu") -> PreTrainedModel:
+        detached = self.hparams.get("detached") if device != "meta" else None
+        if detached:  # a mismatched checkpoint is refused before the full load
+            check_source(self.source, read_manifest(detached))
         model = load_causal_lm(self.source, seed=self.hparams.seed, device=device)
-        if self.hparams.get("detached") and device != "meta":
-            small, manifest = load_detached(self.hparams.detached, dtype=model.dtype)
+        if detached:
+            small, manifest = load_detached(detached, dtype=model.dtype)
             attach(model, small, manifest)
             del small
         model.requires_grad_(True)

@@ -84,3 +84,31 @@ def test_shuffled_epochs_permute_whole_shards(make_dm, tokenizer):
         assert order is not None, e
         orders.append(tuple(order))
     assert len(set(orders)) == 2  # the seeded permutation changes between epochs
+
+
+@pytest.mark.parametrize("family,bos", [("llama", True), ("gemma3", True), ("qwen2-tied", False)])
+def test_documents_start_with_bos_when_the_tokenizer_adds_it(tmp_path, family, bos):
+    """Llama-3 (post-processor) and Gemma (add_bos_token) tokenizers add BOS, Qwen2's does not: the packed stream
+    follows the tokenizer, in training and in validation; only a sequence cut inside a document lacks it."""
+    from tiny_models import BOS_STYLE, real_like_tokenizer
+
+    from elo_lightning.data import BilingualDataModule
+    from tests.data.conftest import source
+
+    tok_dir = tmp_path / "tok"
+    tok = real_like_tokenizer(BOS_STYLE[family])
+    tok.save_pretrained(tok_dir)
+    dm = BilingualDataModule(str(tok_dir), [source("en")], seq_len=64, batch_size=2, shuffle_shards=False)
+    docs = sample_texts(os.path.join(SAMPLE, "en", "train-00000.jsonl"))[:5]
+    expected = []
+    for text in docs:
+        expected += ([1] if bos else []) + tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    got = [t for s in itertools.islice(dm.train_dataset().iterate(0), len(expected) // 64) for t in s["input_ids"]]
+    assert got == expected[: len(got)]
+    assert dm.add_bos is bos and dm.state_dict()["add_bos"] is bos
+    dm.setup("validate")
+    first = dm._build_val_sets()[0][0]["input_ids"].tolist()
+    assert (first[0] == 1) is bos
+    # explicit choice wins over the tokenizer
+    off = BilingualDataModule(str(tok_dir), [source("en")], seq_len=64, add_bos=False, shuffle_shards=False)
+    assert next(off.train_dataset().iterate(0))["input_ids"][0].item() != 1
