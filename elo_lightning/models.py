@@ -223,10 +223,13 @@ def weight_files(source: str | Path) -> dict[str, Path] | None:
         missing = sorted({f for f in weight_map.values() if not (path / f).is_file()})
         if missing:
             raise ELOError(f"{path}: shard {missing[0]} listed in the index is missing")
+        for f in sorted(set(weight_map.values())):
+            check_safetensors(path / f)
         return {name: path / f for name, f in weight_map.items()}
     if single.is_file():
         from safetensors import safe_open
 
+        check_safetensors(single)  # one line naming the file, not safetensors' own error
         with safe_open(single, framework="pt") as f:
             return {name: single for name in f.keys()}
     return None
