@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test bench figure clean
+.PHONY: setup demo test bench bench-gpu figure clean
 
 setup: $(VENV)/.installed
 
@@ -28,6 +28,10 @@ test: setup
 ## Throughput of ELO, LoRA, FFT and freeze-tuning on one architecture; writes results/bench/results.json + figure.
 bench: setup
 	$(BIN)/elo bench --output results/bench --best_batch true --max_batch_size 8 --memory_budget_gb 6
+
+## The same on ONE H100/H200 at the exact Llama-3.1-8B shape, bf16, seq 8192 (< 8 min); results/bench-gpu/.
+bench-gpu: setup
+	$(BIN)/elo bench --config configs/bench/gpu-llama-3.1-8b.yaml
 
 clean:
 	rm -rf runs results lightning_logs

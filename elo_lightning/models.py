@@ -33,6 +33,23 @@ PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 AUTO = "auto"  # the dtype the checkpoint was saved in (what `elo detach/attach/eval` use by default)
 
+# Attention kernels a stage may ask for; each keeps packed sequences apart through position_ids.
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+
+
+def check_attn_implementation(name: str | None) -> None:
+    """None = transformers' choice. flash_attention_2 needs the flash_attn package (CUDA)."""
+    if name is None:
+        return
+    if name not in ATTN_IMPLEMENTATIONS:
+        raise ELOError(f"unknown attn_implementation {name!r}; choose one of {', '.join(ATTN_IMPLEMENTATIONS)}")
+    if name == "flash_attention_2":
+        import importlib.util
+
+        if importlib.util.find_spec("flash_attn") is None:
+            raise ELOError("attn_implementation=flash_attention_2 needs flash_attn (pip install flash-attn; CUDA); "
+                           "use sdpa")
+
 
 def resolve_dtype(dtype: str | torch.dtype | None, source: str | Path | None = None) -> torch.dtype:
     """``None`` = the current default dtype (the training dtype), which Lightning sets to bf16 inside
@@ -172,26 +189,33 @@ def has_weights(source: str | Path) -> bool:
     return not is_architecture_file(source)
 
 
-def init_model(config: PretrainedConfig, seed: int = 42, dtype: str | torch.dtype | None = None) -> PreTrainedModel:
+def init_model(config: PretrainedConfig, seed: int = 42, dtype: str | torch.dtype | None = None,
+               attn_implementation: str | None = None) -> PreTrainedModel:
     """Random init from an architecture config, reproducible by seed."""
     check_architecture(config)
+    check_attn_implementation(attn_implementation)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config, dtype=resolve_dtype(dtype))
+        model = AutoModelForCausalLM.from_config(config, dtype=resolve_dtype(dtype),
+                                                 attn_implementation=attn_implementation)
     return model
 
 
 def load_causal_lm(
-    source: str | Path, dtype: str | torch.dtype | None = None, seed: int = 42, device: str | torch.device = "cpu"
+    source: str | Path, dtype: str | torch.dtype | None = None, seed: int = 42, device: str | torch.device = "cpu",
+    attn_implementation: str | None = None,
 ) -> PreTrainedModel:
     """A causal LM from an HF directory or hub id (weights loaded) or an architecture ``.json`` (random init).
 
-    ``dtype``: None = the default (training) dtype, ``"auto"`` = the checkpoint's own, or a name."""
+    ``dtype``: None = the default (training) dtype, ``"auto"`` = the checkpoint's own, or a name.
+    ``attn_implementation``: sdpa, eager or flash_attention_2 (None = transformers' default, sdpa)."""
+    check_attn_implementation(attn_implementation)
+    attn = {"attn_implementation": attn_implementation}
     if str(device) == "meta":
         with torch.device("meta"):
-            return AutoModelForCausalLM.from_config(load_config(source), dtype=resolve_dtype(dtype, source))
+            return AutoModelForCausalLM.from_config(load_config(source), dtype=resolve_dtype(dtype, source), **attn)
     if not has_weights(source):
-        return init_model(load_config(source), seed=seed, dtype=resolve_dtype(dtype, source)).to(device)
+        return init_model(load_config(source), seed=seed, dtype=resolve_dtype(dtype, source), **attn).to(device)
     load_config(source)  # architecture check and clear errors before the (slow) weight load
     if Path(source).is_dir():
         check_weights(source)
@@ -200,7 +224,7 @@ def load_causal_lm(
 
     try:
         model, info = AutoModelForCausalLM.from_pretrained(str(source), dtype=resolve_dtype(dtype, source),
-                                                          output_loading_info=True)
+                                                          output_loading_info=True, **attn)
     except (OSError, ValueError, RuntimeError, SafetensorError) as err:  # truncated/corrupt or unreadable weights
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise ELOError(f"cannot load the weights of {source}: {type(err).__name__}: {first}") from None

@@ -12,7 +12,7 @@ import os
 import platform
 import subprocess
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -38,6 +38,10 @@ class BenchArgs:
     lora_rank: int = 64
     tokenizer: str = "configs/tokenizer"
     data: str = "data/sample/pretrain"
+    linear_ce: str = "auto"
+    attn_implementation: str = "sdpa"
+    compile: bool = False
+    peak_flops_per_device: float | None = None
 
 
 def _module(method: str, args: BenchArgs):
@@ -46,7 +50,8 @@ def _module(method: str, args: BenchArgs):
     own = {"elo": {"layers": args.layers}, "freeze": {"layers": args.layers},
            "lora": {"r": args.lora_rank, "alpha": 2 * args.lora_rank}}.get(method, {})
     return STAGES[method].module(model=args.arch, tokenizer=args.tokenizer, optimizer=OptimizerConfig(),
-                                 gradient_checkpointing=args.gradient_checkpointing, **own)
+                                 gradient_checkpointing=args.gradient_checkpointing, linear_ce=args.linear_ce,
+                                 attn_implementation=args.attn_implementation, compile=args.compile, **own)
 
 
 def worker(method: str, batch_size: int, output: str, args: BenchArgs) -> dict:
@@ -60,12 +65,14 @@ def worker(method: str, batch_size: int, output: str, args: BenchArgs) -> dict:
     module = _module(method, args)
     dm = BilingualDataModule.from_folder(args.data, {"en": 1.0, "ko": 9.0}, args.tokenizer, seq_len=args.seq_len,
                                          batch_size=batch_size, seed=42, val_max_sequences=32)
-    throughput = ThroughputLogger(output_dir=output, warmup_steps=args.warmup)
+    throughput = ThroughputLogger(output_dir=output, warmup_steps=args.warmup,
+                                  peak_flops_per_device=args.peak_flops_per_device)
     trainer = L.Trainer(max_steps=args.warmup + args.steps, accelerator=args.accelerator, devices=1,
                         precision=args.precision, logger=False, enable_checkpointing=False, limit_val_batches=0,
                         num_sanity_val_steps=0, enable_model_summary=False, callbacks=[throughput])
     trainer.fit(module, datamodule=dm)
-    result = method_entry(throughput.summary, args.seq_len)
+    result = {**method_entry(throughput.summary, args.seq_len), "linear_ce": module._linear_ce_impl(),
+              "gradient_checkpointing": args.gradient_checkpointing}
     write_json_atomic(Path(output) / "result.json", result)
     write_run_config(Path(output), module, dm)
     return result
@@ -133,7 +140,9 @@ def check_bench_args(seq_len: int, batch_size: int, steps: int, warmup: int, pre
         raise ELOError(f"bench: memory_budget_gb must be > 0 (or unset), got {memory_budget_gb}")
 
 
-def _chosen_methods(methods: str) -> list[str]:
+def _chosen_methods(methods: str | None, default: list[str] | tuple[str, ...] = ()) -> list[str]:
+    if methods is None:
+        return list(default)
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
     unknown = set(chosen) - set(BENCH_METHODS)
     if unknown:
@@ -157,6 +166,12 @@ def bench(
     best_batch: bool = False,
     max_batch_size: int = 64,
     memory_budget_gb: float | None = None,
+    linear_ce: str = "auto",
+    attn_implementation: str = "sdpa",
+    compile: bool = False,
+    checkpointing_methods: str | None = None,
+    best_batch_methods: str | None = None,
+    peak_flops_per_device: float | None = None,
 ) -> dict:
     """Time ELO, LoRA, FFT and freeze-tuning on one architecture; write results.json, speedup.png and speedup.md.
 
@@ -180,30 +195,45 @@ def bench(
         memory_budget_gb: a micro-batch fits when it does not run out of memory and its peak memory (CUDA peak
             allocated; peak RSS of the process on CPU, where nothing runs out of memory before the machine swaps)
             stays within this budget. None: only out-of-memory errors bound the search.
+        linear_ce: the stages' loss without full logits (auto, chunked, liger, cce, off; ``elo_lightning.losses``).
+        attn_implementation: sdpa, eager or flash_attention_2.
+        compile: torch.compile each decoder layer.
+        checkpointing_methods: comma-separated methods that recompute activations (default: all methods when
+            gradient_checkpointing, else none), e.g. "fft,lora,freeze" on one GPU at seq 8192.
+        best_batch_methods: comma-separated methods whose batch is searched (default: all, when best_batch).
+        peak_flops_per_device: the device's dense peak FLOP/s for MFU (default: Lightning's table; it lists H200
+            at its sparse 2 PFLOP/s, the dense bf16 peak of H100 SXM and H200 is 989.4 TFLOP/s).
     """
     check_bench_args(seq_len, batch_size, steps, warmup, precision, max_batch_size, memory_budget_gb)
     chosen = _chosen_methods(methods)
+    recompute = _chosen_methods(checkpointing_methods, chosen if gradient_checkpointing else [])
+    searched_methods = _chosen_methods(best_batch_methods, chosen if best_batch else [])
     shape = bench_shape(arch, layers, lora_rank)
     args = BenchArgs(arch=arch, layers=layers, seq_len=seq_len, steps=steps, warmup=warmup, precision=precision,
-                     accelerator=accelerator, gradient_checkpointing=gradient_checkpointing, lora_rank=shape.lora_rank)
+                     accelerator=accelerator, lora_rank=shape.lora_rank, linear_ce=linear_ce,
+                     attn_implementation=attn_implementation, compile=compile,
+                     peak_flops_per_device=peak_flops_per_device)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     results: dict = {}
     for method in chosen:
         print(f"[bench] {method}: batch {batch_size} x seq {seq_len}, {warmup} warm-up + {steps} measured steps",
               flush=True)
-        res = _run_worker(method, out / method, batch_size, args)
+        margs = replace(args, gradient_checkpointing=method in recompute)
+        res = _run_worker(method, out / method, batch_size, margs)
         if res is None:
             print(f"[bench] {method}: out of memory at batch {batch_size}", flush=True)
             continue
-        searched = _search_batch(method, out, res, args, max_batch_size, memory_budget_gb) if best_batch else None
+        searched = (_search_batch(method, out, res, margs, max_batch_size, memory_budget_gb)
+                    if method in searched_methods else None)
         res["best_batch"] = searched
         results[method] = res
         print(f"[bench] {method}: {res['tokens_per_s']:.0f} tokens/s, step {res['step_time_s']:.3f}s", flush=True)
     report = _report(arch, layers, seq_len, precision, results)
-    if best_batch:
+    report.update(linear_ce=linear_ce, attn_implementation=attn_implementation, compile=compile)
+    if searched_methods:
         report["memory_budget_gb"] = memory_budget_gb
-    return finish(report, out, shape, best_batch)
+    return finish(report, out, shape, bool(searched_methods))
 
 
 def _report(arch: str, layers: str, seq_len: int, precision: str, results: dict) -> dict:

@@ -61,6 +61,9 @@ class CausalLMModule(L.LightningModule):
         measure_flops: bool = True,
         sharding: ShardingConfig | None = None,
         allow_tokenizer_mismatch: bool = False,
+        linear_ce: str = "auto",
+        attn_implementation: str = "sdpa",
+        compile: bool = False,
     ) -> None:
         """
         Args:
@@ -78,7 +81,18 @@ class CausalLMModule(L.LightningModule):
             sharding: FSDP2 options, used when the strategy provides a device mesh (ModelParallelStrategy).
             allow_tokenizer_mismatch: accept a tokenizer other than the one the model directory carries
                 (a deliberate vocabulary change); one larger than the vocabulary is always refused.
+            linear_ce: the loss without full logits (``elo_lightning.losses``): auto (Liger / Cut Cross-Entropy on
+                CUDA when installed, else the exact chunked PyTorch one), chunked, liger, cce, or off
+                (transformers' loss on the full logits).
+            attn_implementation: sdpa, eager, or flash_attention_2 (needs flash_attn); packed sequences stay
+                separated through position_ids with each.
+            compile: ``torch.compile`` each decoder layer's forward (hooks, checkpointing and state dict unchanged).
         """
+        from elo_lightning.losses import check_linear_ce
+        from elo_lightning.models import check_attn_implementation
+
+        check_linear_ce(linear_ce)
+        check_attn_implementation(attn_implementation)
         super().__init__()
         self.save_hyperparameters()
         self.source = model
@@ -143,6 +157,21 @@ class CausalLMModule(L.LightningModule):
             self.model = self.build_training_model()
         # No KV cache in training: with one, transformers ignores packed position_ids and lets packed docs attend.
         self.model.config.use_cache = False
+        self._speed_knobs()
+
+    def _speed_knobs(self) -> None:
+        """Attention kernel, compiled layers, and the LM head that returns the loss (``linear_ce``)."""
+        from elo_lightning.losses import enable_linear_ce
+        from elo_lightning.models import decoder_layers
+        from elo_lightning.sharding import _inner
+
+        lm = _inner(self.model)
+        lm.set_attn_implementation(self.hparams.get("attn_implementation", "sdpa"))
+        if self.hparams.get("compile"):
+            for layer in decoder_layers(lm):
+                layer.forward = torch.compile(layer.forward)
+        if self.hparams.get("linear_ce", "auto") != "off":
+            enable_linear_ce(self.model)
 
     def setup(self, stage: str) -> None:
         if stage == "fit":
@@ -173,7 +202,20 @@ class CausalLMModule(L.LightningModule):
         inputs = {k: batch[k] for k in HF_BATCH_KEYS if k in batch}
         if self.training and "labels" in batch and self._trainer is not None and self.trainer.world_size > 1:
             inputs["num_items_in_batch"] = self._loss_tokens_per_rank(batch["labels"])
-        return self.model(**inputs).loss
+        impl = self._linear_ce_impl()
+        if impl == "off" or "labels" not in inputs:
+            return self.model(**inputs).loss
+        from elo_lightning.losses import model_loss
+
+        return model_loss(self.model, inputs, impl)
+
+    def _linear_ce_impl(self) -> str:
+        """The loss implementation ``linear_ce`` means on this module's device (resolved once)."""
+        if getattr(self, "_linear_ce", None) is None:
+            from elo_lightning.losses import resolve_linear_ce
+
+            self._linear_ce = resolve_linear_ce(self.hparams.get("linear_ce", "auto"), self.device)
+        return self._linear_ce
 
     def _loss_tokens_per_rank(self, labels: torch.Tensor) -> torch.Tensor:
         """Loss tokens of the global batch / world size, the denominator of each rank's summed loss.
