@@ -35,7 +35,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.strategies import ModelParallelStrategy
 
-from elo_lightning.errors import ELOError
+from elo_lightning.errors import ELOError, writing
 from elo_lightning.io import is_stale, ordinary_permissions, read_json, temp_prefix, write_json_atomic
 
 MARKER = "elo_checkpoint.json"
@@ -44,10 +44,11 @@ MARKER = "elo_checkpoint.json"
 def _allow_our_hparams() -> None:
     """Checkpoints store the hyperparameters, whose dataclasses ``torch.load(weights_only=True)`` must accept."""
     from elo_lightning.data.bilingual import LanguageSource
+    from elo_lightning.data.sft import SFTSource
     from elo_lightning.optim import OptimizerConfig
     from elo_lightning.sharding import ShardingConfig
 
-    torch.serialization.add_safe_globals([OptimizerConfig, ShardingConfig, LanguageSource])
+    torch.serialization.add_safe_globals([OptimizerConfig, ShardingConfig, LanguageSource, SFTSource])
 
 
 _allow_our_hparams()
@@ -66,13 +67,59 @@ def is_complete(path: str | Path) -> bool:
     return path.is_dir() and (path / MARKER).is_file() and (path / META).is_file()
 
 
+def _is_dcp_leftover(path: Path) -> bool:
+    """A directory with DCP files (meta.pt, .metadata, *.distcp): what a sharded save writes first."""
+    return (path / META).exists() or (path / ".metadata").exists() or any(path.glob("*.distcp"))
+
+
 def check_complete(path: str | Path) -> None:
+    """Refuse a missing checkpoint, and a directory that is not a complete sharded one, saying which it is."""
     path = Path(path)
     if not path.exists():
         raise ELOError(f"checkpoint not found: {path}")
-    if path.is_dir() and not is_complete(path):
+    if not path.is_dir() or is_complete(path):
+        return
+    if _is_dcp_leftover(path):
         raise ELOError(f"checkpoint {path} is incomplete (no {MARKER}: its save was interrupted); "
                        f"resume from an earlier one, e.g. {latest_checkpoint(path.parent) or 'none found'}")
+    if (path / "config.json").is_file():
+        raise ELOError(f"{path} is a model directory (config.json), not a training checkpoint")
+    if not any(path.iterdir()):
+        raise ELOError(f"{path} is empty: not a training checkpoint")
+    raise ELOError(f"{path} is not a training checkpoint: no {MARKER}, {META} or *.distcp shards in it")
+
+
+def check_checkpoint_file(path: str | Path) -> None:
+    """A single-file Lightning checkpoint (``torch.save``: a zip archive) that exists, is not empty and is not
+    truncated (a cut-off zip has no central directory); read without loading any tensor."""
+    import zipfile
+
+    path = Path(path)
+    if not path.exists():
+        raise ELOError(f"checkpoint not found: {path}")
+    size = path.stat().st_size
+    if size == 0:
+        raise ELOError(f"checkpoint {path} is empty (0 bytes)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        names = []
+    if not any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):
+        raise ELOError(f"checkpoint {path} is truncated or not a checkpoint ({size:,} bytes, no readable torch.save "
+                       "archive)")
+
+
+def check_ckpt_path(path: str | Path, sharded: bool) -> None:
+    """``--ckpt_path`` before any model is built: a complete sharded directory under FSDP2, else a valid file."""
+    path = Path(path)
+    if path.is_dir():
+        check_complete(path)
+        if not sharded:
+            raise ELOError(f"checkpoint {path} is a sharded (FSDP2) checkpoint directory: resume it with the "
+                           "ModelParallelStrategy it was saved with, or `elo consolidate` it")
+        return
+    check_checkpoint_file(path)
 
 
 def _step_of(path: Path) -> int:
@@ -176,7 +223,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name, "partial"), suffix=".partial", dir=path.parent)
         try:
-            with os.fdopen(fd, "wb") as f:
+            with writing(path), os.fdopen(fd, "wb") as f:
                 torch.save(checkpoint, f)
                 f.flush()
                 os.fsync(f.fileno())
@@ -204,8 +251,15 @@ def read_dcp_model_state(checkpoint_dir: str | Path, template: dict[str, torch.T
 
 
 def _module_from_checkpoint(checkpoint_dir: Path, model_source: str | None):
+    if checkpoint_dir.is_file():
+        raise ELOError(f"{checkpoint_dir} is a single-file checkpoint; consolidate takes a sharded (FSDP2) checkpoint "
+                       "directory (a single file already holds the full weights)")
     check_complete(checkpoint_dir)
-    meta = torch.load(checkpoint_dir / META, map_location="cpu", weights_only=False)
+    try:
+        meta = torch.load(checkpoint_dir / META, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unreadable meta.pt is a broken checkpoint
+        raise ELOError(f"{checkpoint_dir / META} is unreadable ({type(err).__name__}): the checkpoint is "
+                       "broken") from None
     info = meta.get("elo_stage") or read_json(checkpoint_dir / MARKER, "checkpoint completion marker")
     hparams = dict(meta.get("hyper_parameters") or {})
     if not info or "class_path" not in info:

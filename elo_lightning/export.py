@@ -3,6 +3,7 @@ was made."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,25 @@ def export_hf(
     return Path(output_dir)
 
 
+def _plain(value: Any) -> Any:
+    """Dataclasses (LanguageSource, OptimizerConfig...) and containers as plain JSON values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+
+
+def data_settings(datamodule) -> dict[str, Any] | None:
+    """The datamodule's class and constructor arguments (its saved hyperparameters), or None without one."""
+    if datamodule is None:
+        return None
+    cls = type(datamodule)
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", **_plain(dict(getattr(datamodule, "hparams", {})))}
+
+
 def stage_manifest(module, **extra: Any) -> dict[str, Any]:
     """Stage, source, steps, data and the module/datamodule hyperparameters: enough to redo the run."""
     trainer = getattr(module, "_trainer", None)
@@ -68,7 +88,7 @@ def stage_manifest(module, **extra: Any) -> dict[str, Any]:
         "stage": module.stage,
         "source": module.source,
         "global_step": trainer.global_step if trainer is not None else 0,
-        "config": dict(module.hparams),
-        "data": dict(dm.hparams) if dm is not None and hasattr(dm, "hparams") else None,
+        "config": _plain(dict(module.hparams)),
+        "data": data_settings(dm),
         **extra,
     }

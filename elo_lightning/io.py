@@ -32,7 +32,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from elo_lightning.errors import ELOError
+from elo_lightning.errors import ELOError, writing
 
 MANIFEST = "elo_manifest.json"  # how a produced directory was made; detached checkpoints: what attach checks
 OUTPUT_MARKER = "elo_output.json"  # in every output directory: {"kind": ..., "created": ...}
@@ -233,7 +233,8 @@ def atomic_dir(output: str | Path, kind: str = "output", *, inputs: PathMap | No
     clean_leftovers(output)
     tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(output.name), dir=output.parent))
     try:
-        yield tmp
+        with writing(output):
+            yield tmp
         write_json_atomic(tmp / OUTPUT_MARKER, {"kind": kind, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         ordinary_permissions(tmp)
         _swap_in(tmp, output)
@@ -264,7 +265,7 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
+        with writing(path), os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, sort_keys=False, default=str)
             f.write("\n")
             f.flush()
@@ -292,8 +293,8 @@ def read_json(path: str | Path, what: str = "result file") -> Any:
     if not path.is_file():
         raise ELOError(f"no {what} at {path}")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        return json.loads(path.read_bytes())
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
         raise ELOError(f"{path} is not valid JSON ({err})") from None
 
 

@@ -16,7 +16,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from elo_lightning.errors import ELOError
-from elo_lightning.io import atomic_dir, check_output
+from elo_lightning.io import atomic_dir, check_output, read_json
 
 # Decoder-only families whose layout (model.embed_tokens, model.layers, model.norm, lm_head) surgery is tested on.
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")
@@ -103,7 +103,9 @@ def load_config(source: str | Path) -> PretrainedConfig:
     if path.suffix == ".json":
         if not path.is_file():
             raise ELOError(f"architecture config not found: {path}")
-        fields = json.loads(path.read_text())
+        fields = read_json(path, "architecture config")
+        if not isinstance(fields, dict):
+            raise ELOError(f"{path} is not an architecture config (expected a JSON object)")
         model_type = fields.pop("model_type", None)
         if model_type is None:
             raise ELOError(f"{path} has no 'model_type'; cannot tell the architecture")
@@ -114,6 +116,7 @@ def load_config(source: str | Path) -> PretrainedConfig:
     elif path.is_dir():
         if not (path / "config.json").is_file():
             raise ELOError(f"{path} is not a model directory: no config.json")
+        read_json(path / "config.json", "model config")  # a clear error for a broken file, before transformers
         config = AutoConfig.from_pretrained(path)
     elif path.exists() or str(source).startswith((".", "/")):
         raise ELOError(f"model not found: {source}")
@@ -124,6 +127,31 @@ def load_config(source: str | Path) -> PretrainedConfig:
             raise ELOError(f"cannot load {source!r} (not a local path; hub lookup failed: {err})") from None
     check_architecture(config)
     return config
+
+
+def check_safetensors(file: str | Path) -> None:
+    """Cheap integrity check of one ``.safetensors`` file from its header: empty, truncated or corrupt files
+    raise ELOError naming the file (the tensor bytes themselves are not checksummed by the format)."""
+    file = Path(file)
+    size = file.stat().st_size
+    with open(file, "rb") as f:
+        n = int.from_bytes(f.read(8), "little") if size >= 8 else -1
+        if n < 0 or 8 + n > size:
+            raise ELOError(f"cannot load the weights: {file} is empty or truncated ({size:,} bytes)")
+        try:
+            header = json.loads(f.read(n))
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            raise ELOError(f"cannot load the weights: {file} is corrupt (unreadable safetensors header)") from None
+    if 8 + n + end != size:
+        raise ELOError(f"cannot load the weights: {file} is truncated or corrupt ({size:,} bytes, its header "
+                       f"describes {8 + n + end:,})")
+
+
+def check_safetensors_files(directory: str | Path) -> None:
+    """:func:`check_safetensors` on every ``.safetensors`` file of a model directory, before loading any."""
+    for file in sorted(Path(directory).glob("*.safetensors")):
+        check_safetensors(file)
 
 
 def is_architecture_file(source: str | Path) -> bool:
@@ -191,6 +219,7 @@ def load_causal_lm(
     load_config(source)  # architecture check and clear errors before the (slow) weight load
     if Path(source).is_dir():
         check_weights(source)
+        check_safetensors_files(source)  # names the broken file, before from_pretrained reads any
     from safetensors import SafetensorError
 
     try:
@@ -218,10 +247,13 @@ def weight_files(source: str | Path) -> dict[str, Path] | None:
         missing = sorted({f for f in weight_map.values() if not (path / f).is_file()})
         if missing:
             raise ELOError(f"{path}: shard {missing[0]} listed in the index is missing")
+        for f in sorted(set(weight_map.values())):
+            check_safetensors(path / f)
         return {name: path / f for name, f in weight_map.items()}
     if single.is_file():
         from safetensors import safe_open
 
+        check_safetensors(single)  # one line naming the file, not safetensors' own error
         with safe_open(single, framework="pt") as f:
             return {name: single for name in f.keys()}
     return None

@@ -24,6 +24,7 @@ from elo_lightning.errors import ELOError
 from elo_lightning.io import MANIFEST, PathMap, atomic_dir, check_output, read_json, write_json_atomic
 from elo_lightning.models import (
     check_architecture,
+    check_safetensors_files,
     decoder_layers,
     load_causal_lm,
     load_config,
@@ -125,11 +126,32 @@ class DetachManifest:
         return {**asdict(self), "layers_1based": self.layers_1based}
 
     @classmethod
-    def from_json(cls, data: dict) -> DetachManifest:
+    def from_json(cls, data: dict, where: str = MANIFEST) -> DetachManifest:
+        if not isinstance(data, dict):
+            raise ELOError(f"{where} is not a valid ELO manifest: expected a JSON object")
         if data.get("format") != FORMAT:
-            raise ELOError(f"unsupported detached checkpoint format {data.get('format')!r} (expected {FORMAT})")
+            raise ELOError(f"{where}: unsupported detached checkpoint format {data.get('format')!r} "
+                           f"(expected {FORMAT})")
         data = {k: v for k, v in data.items() if k != "layers_1based"}
-        return cls(**data)
+        try:
+            manifest = cls(**data)
+        except TypeError as err:  # missing or unknown keys
+            raise ELOError(f"{where} is not a valid ELO manifest: {err}") from None
+        manifest.check(where)
+        return manifest
+
+    def check(self, where: str = MANIFEST) -> None:
+        """The layer list must name distinct, sorted layers that exist in the source model."""
+        n = self.source_num_layers
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ELOError(f"{where}: source_num_layers must be a positive integer, got {n!r}")
+        if not self.layers or any(isinstance(i, bool) or not isinstance(i, int) for i in self.layers):
+            raise ELOError(f"{where}: layers must be a non-empty list of 0-based integers, got {self.layers!r}")
+        bad = [i + 1 for i in self.layers if not 0 <= i < n]
+        if bad:
+            raise ELOError(f"{where} names layer(s) {bad} (1-based) that do not exist: the source has {n} layers")
+        if self.layers != sorted(set(self.layers)):
+            raise ELOError(f"{where}: layers must be distinct and in order, got {self.layers}")
 
 
 def _renumber(layer: nn.Module, index: int) -> None:
@@ -333,14 +355,20 @@ def save_detached(detached: PreTrainedModel, manifest: DetachManifest, output: s
 
 
 def read_manifest(path: str | Path) -> DetachManifest:
+    """The manifest of a detached checkpoint, checked (valid JSON, layers that exist); reads no weights."""
     file = Path(path) / MANIFEST
     if not file.is_file():
         raise ELOError(f"{path} is not an ELO detached checkpoint: no {MANIFEST}")
-    return DetachManifest.from_json(read_json(file, "detached-checkpoint manifest"))
+    return DetachManifest.from_json(read_json(file, "detached-checkpoint manifest"), where=str(file))
 
 
 def load_detached(path: str | Path, dtype: torch.dtype | None = None) -> tuple[PreTrainedModel, DetachManifest]:
     manifest = read_manifest(path)
+    config = load_config(path)
+    if config.num_hidden_layers != len(manifest.layers):
+        raise ELOError(f"{path}: config.json has {config.num_hidden_layers} layers but {MANIFEST} lists "
+                       f"{len(manifest.layers)} ({manifest.layers_1based})")
+    check_safetensors_files(path)
     kwargs = {"dtype": dtype} if dtype is not None else {}
     return AutoModelForCausalLM.from_pretrained(str(path), **kwargs), manifest
 
@@ -360,6 +388,7 @@ def detach_cmd(model: str, layers: str, output: str, dtype: str = "auto", seed: 
         seed: seed when the source is an architecture config.
         overwrite: replace a non-empty output directory that is not an earlier detached checkpoint.
     """
+    parse_layers(layers, load_config(model).num_hidden_layers)  # the layer spec before any weight is read
     guard = {"inputs": {"--model": model}, "overwrite": overwrite}
     check_output(output, "detached", **guard)  # before the (slow) load
     if weight_files(model) is not None:  # a local safetensors checkpoint: read only what is kept
@@ -384,6 +413,7 @@ def attach_cmd(model: str, detached: str, output: str, dtype: str = "auto", seed
         seed: seed when the source is an architecture config.
         overwrite: replace a non-empty output directory that is not an earlier `elo attach` output.
     """
+    read_manifest(detached)  # manifest and its layers before any weight is read
     guard = {"inputs": {"--model": model, "--detached": detached}, "overwrite": overwrite}
     check_output(output, "attached", **guard)  # before the (slow) load
     check_source(model, read_manifest(detached))  # a mismatched checkpoint is refused before the full load

@@ -24,6 +24,7 @@ def test_atomic_checkpoint_io_and_latest(tmp_path):
         io.save_checkpoint({"global_step": step}, tmp_path / f"step{step}.ckpt")
     (tmp_path / ".step99.ckpt.partial").write_bytes(b"half")  # an interrupted save is never a candidate
     (tmp_path / "step50").mkdir()  # a DCP directory without its completion marker
+    (tmp_path / "step50" / "__0_0.distcp").write_bytes(b"")
     assert latest_checkpoint(tmp_path) == tmp_path / "step10.ckpt"
     assert torch.load(tmp_path / "step10.ckpt", weights_only=False)["global_step"] == 10
     assert is_complete(tmp_path / "step3.ckpt") and not is_complete(tmp_path / "step50")
@@ -31,6 +32,10 @@ def test_atomic_checkpoint_io_and_latest(tmp_path):
         check_complete(tmp_path / "step50")
     with pytest.raises(ELOError, match="not found"):
         check_complete(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()  # nothing of a checkpoint in it: not called "interrupted"
+    with pytest.raises(ELOError, match="is empty: not a training checkpoint"):
+        check_complete(tmp_path / "empty")
+    (tmp_path / "empty").rmdir()
     assert sorted(p.name for p in tmp_path.iterdir()) == [".step99.ckpt.partial", "step10.ckpt", "step3.ckpt",
                                                           "step50", "step7.ckpt"]
 

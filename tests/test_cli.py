@@ -1,6 +1,7 @@
 """The `elo` command: every shipped config parses; surgery subcommands work and refuse bad input with exit 2."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -81,6 +82,9 @@ def test_fit_elo_then_align_through_the_shipped_configs(tmp_path):
     assert manifest["layers"] == [0, 7]  # stored 0-based: λ = {1, 8} of 8
     stream = json.loads((tmp_path / "elo" / "stream_state.json").read_text())  # where alignment continues
     assert stream["streams"] and stream["mix_by"] == "bytes"
+    data = json.loads((tmp_path / "elo" / "elo_export.json").read_text())["data"]  # the run's data settings
+    assert data["class_path"] == "elo_lightning.data.bilingual.BilingualDataModule" and data["batch_size"] == 2
+    assert [(lang["name"], lang["weight"]) for lang in data["languages"]] == [("en", 1.0), ("ko", 9.0)]
     main(["fit", "--config", "configs/cpu/align.yaml", *short, "--trainer.logger.init_args.name", "align",
           "--model.init_args.detached", str(tmp_path / "elo"), "--model.init_args.export_dir", str(tmp_path / "align"),
           "--data.init_args.start_after", str(tmp_path / "elo")])
@@ -91,6 +95,16 @@ def test_fit_elo_then_align_through_the_shipped_configs(tmp_path):
         assert json.loads(summary.read_text())["tokens_per_s"] > 0
         assert list(summary.parent.glob("events.out.tfevents.*"))
         assert list(summary.parent.rglob("*.ckpt"))
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    for name in ("fit", "validate", "test", "check-data", "detach", "bench"):
+        assert re.search(rf"^\s+{name}\s", out, re.M), name
+    assert "Lightning's fit" in out
 
 
 # -- outputs: no command deletes or replaces what it did not create ---------------------------------------------------

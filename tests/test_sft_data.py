@@ -193,6 +193,30 @@ def test_shipped_sample_setup():
     assert (batch["labels"] != IGNORE_INDEX).any()
 
 
+@pytest.mark.parametrize("kwargs,match", [
+    ({"lang_weights": {}}, "lang_weights is empty"),
+    ({"lang_weights": {"ko": float("nan")}}, r"lang_weights\['ko'\] must be a finite number >= 0"),
+    ({"lang_weights": {"ko": float("inf")}}, r"lang_weights\['ko'\] must be a finite number >= 0"),
+    ({"lang_weights": {"ko": -1.0, "en": 1.0}}, r"lang_weights\['ko'\] must be a finite number >= 0"),
+    ({"lang_weights": {"ko": 0.0, "en": 0.0}}, "lang_weights sum to zero"),
+    ({"seq_len": 0}, "seq_len must be >= 2"),
+    ({"batch_size": 0}, "batch_size must be >= 1"),
+    ({"num_workers": -1}, "num_workers must be >= 0"),
+    ({"files": []}, "files is empty"),
+])
+def test_out_of_range_arguments_refused_before_any_file_is_opened(kwargs, match):
+    with pytest.raises(ELOError, match=match):
+        SFTDataModule(tokenizer="/nonexistent", **{"files": ["/nonexistent.jsonl"], **kwargs})
+
+
+def test_non_utf8_line_is_one_skipped_record(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in GOOD) + b'{"conversations": "caf\xe9"}\n')
+    dm = SFTDataModule(tokenizer=TOKENIZER, files=[str(path)], lang_weights={"ko": 1.0, "en": 1.0}, val_fraction=0.0)
+    dm.setup("fit")
+    assert dm.skipped["invalid_json"] == 1 and len(dm.train_examples) == len(GOOD)
+
+
 def test_tagengo_records_land_in_their_language(tmp_path):
     """lightblue/tagengo-gpt4 layout: ``conversation`` of from/value turns and a language *name* per record."""
     tagengo = [

@@ -119,6 +119,27 @@ def _search_batch(method: str, out: Path, first: dict, args: BenchArgs, max_batc
             "peak_mem_gb": best.get("peak_mem_gb"), "trials": log}
 
 
+def _precisions() -> tuple[str, ...]:
+    from typing import get_args
+
+    from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
+
+    return (*get_args(_PRECISION_INPUT_STR), *get_args(_PRECISION_INPUT_STR_ALIAS))
+
+
+def check_bench_args(seq_len: int, batch_size: int, steps: int, warmup: int, precision: str, max_batch_size: int,
+                     memory_budget_gb: float | None) -> None:
+    """The numbers and names of a benchmark, before any model is built or process started. Raises ELOError."""
+    for name, value, least in (("seq_len", seq_len, 2), ("batch_size", batch_size, 1), ("steps", steps, 1),
+                               ("warmup", warmup, 0), ("max_batch_size", max_batch_size, 1)):
+        if value < least:
+            raise ELOError(f"bench: {name} must be >= {least}, got {value}")
+    if str(precision) not in _precisions():
+        raise ELOError(f"bench: unknown precision {precision!r}; choose one of {', '.join(_precisions())}")
+    if memory_budget_gb is not None and not memory_budget_gb > 0:
+        raise ELOError(f"bench: memory_budget_gb must be > 0 (or unset), got {memory_budget_gb}")
+
+
 def _chosen_methods(methods: str | None, default: list[str] | tuple[str, ...] = ()) -> list[str]:
     if methods is None:
         return list(default)
@@ -183,6 +204,7 @@ def bench(
         peak_flops_per_device: the device's dense peak FLOP/s for MFU (default: Lightning's table; it lists H200
             at its sparse 2 PFLOP/s, the dense bf16 peak of H100 SXM and H200 is 989.4 TFLOP/s).
     """
+    check_bench_args(seq_len, batch_size, steps, warmup, precision, max_batch_size, memory_budget_gb)
     chosen = _chosen_methods(methods)
     recompute = _chosen_methods(checkpointing_methods, chosen if gradient_checkpointing else [])
     searched_methods = _chosen_methods(best_batch_methods, chosen if best_batch else [])

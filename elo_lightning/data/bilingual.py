@@ -390,6 +390,7 @@ class BilingualDataModule(L.LightningDataModule):
                  mix_by: Literal["bytes", "tokens", "documents"] = "bytes", budget: str | None = None,
                  budget_documents: int = 1000, start_after: str | None = None):
         super().__init__()
+        self.save_hyperparameters(logger=False)  # recorded in checkpoints and in the export's elo_export.json
         self.tokenizer_name = None if tokenizer is None else str(tokenizer)
         self.languages = [LanguageSource(**lang) if isinstance(lang, dict) else lang for lang in (languages or [])]
         self.seq_len, self.batch_size = int(seq_len), int(batch_size)
@@ -516,6 +517,10 @@ class BilingualDataModule(L.LightningDataModule):
                 self._check_shards(vs, lang)
                 valid[lang.name] = vs
         self._train_shards, self._valid_shards = train, valid
+
+    def check_inputs(self) -> None:
+        """Every shard and the tokenizer, checked now (the CLI calls it before the trainer creates any folder)."""
+        self._prepare()
 
     @staticmethod
     def _check_shards(shards, lang: LanguageSource) -> None:

@@ -424,6 +424,28 @@ def mix_by_language(
 # --------------------------------------------------------------------------------------------------- module
 
 
+def check_arguments(files: list[SFTSource], lang_weights: dict[str, float], seq_len: int, batch_size: int,
+                    num_workers: int, val_fraction: float) -> None:
+    """Every SFTDataModule argument, before any file is opened. Raises ELOError."""
+    if not files:
+        raise ELOError("SFTDataModule: files is empty: give at least one JSONL file")
+    if not lang_weights:
+        raise ELOError("SFTDataModule: lang_weights is empty: give the languages to train on, e.g. {ko: 1, en: 1}")
+    for lang, w in lang_weights.items():
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise ELOError(f"SFTDataModule: lang_weights[{lang!r}] must be a finite number >= 0, got {w!r}")
+    if sum(lang_weights.values()) <= 0:
+        raise ELOError(f"SFTDataModule: lang_weights sum to zero ({lang_weights}): nothing to train on")
+    if seq_len < 2:
+        raise ELOError(f"SFTDataModule: seq_len must be >= 2, got {seq_len}")
+    if batch_size < 1:
+        raise ELOError(f"SFTDataModule: batch_size must be >= 1, got {batch_size}")
+    if num_workers < 0:
+        raise ELOError(f"SFTDataModule: num_workers must be >= 0, got {num_workers}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ELOError(f"SFTDataModule: val_fraction must be in [0, 1), got {val_fraction}")
+
+
 class SFTDataModule(L.LightningDataModule):
     """Bilingual SFT conversations with assistant-only labels, language mixing and optional packing.
 
@@ -458,6 +480,7 @@ class SFTDataModule(L.LightningDataModule):
         overlong: str = "truncate",
     ):
         super().__init__()
+        self.save_hyperparameters(logger=False)  # recorded in checkpoints and in the export's elo_export.json
         if overlong not in OVERLONG_POLICIES:
             raise ELOError(f"overlong must be one of {', '.join(OVERLONG_POLICIES)}, got {overlong!r}")
         self.overlong = overlong
@@ -467,12 +490,7 @@ class SFTDataModule(L.LightningDataModule):
         self.files = [SFTSource(**f) if isinstance(f, dict) else f for f in self.files]
         self.tokenizer_path = tokenizer
         self.lang_weights = dict(DEFAULT_LANG_WEIGHTS if lang_weights is None else lang_weights)
-        if not self.lang_weights or any(w < 0 for w in self.lang_weights.values()):
-            raise ELOError(f"lang_weights must be non-empty with non-negative weights, got {self.lang_weights}")
-        if seq_len < 2:
-            raise ELOError(f"seq_len must be >= 2, got {seq_len}")
-        if not 0.0 <= val_fraction < 1.0:
-            raise ELOError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        check_arguments(self.files, self.lang_weights, seq_len, batch_size, num_workers, val_fraction)
         self.seq_len = seq_len
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -498,8 +516,21 @@ class SFTDataModule(L.LightningDataModule):
         from transformers import AutoTokenizer
 
         if self.tokenizer is None:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path)
+            try:
+                self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path)
+            except Exception as e:  # noqa: BLE001 - any load failure is a bad argument
+                raise ELOError(f"tokenizer {self.tokenizer_path!r} failed to load: {type(e).__name__}: {e}") from None
         return self.tokenizer
+
+    def check_inputs(self) -> None:
+        """The files exist and the tokenizer loads (the CLI calls it before the trainer creates any folder)."""
+        self._check_files()
+        self.load_tokenizer()
+
+    def _check_files(self) -> None:
+        for src in self.files:
+            if not Path(src.path).is_file():
+                raise ELOError(f"SFT file not found: {src.path}")
 
     @property
     def pad_id(self) -> int:
@@ -513,9 +544,7 @@ class SFTDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._ready:
             return
-        for src in self.files:
-            if not Path(src.path).is_file():
-                raise ELOError(f"SFT file not found: {src.path}")
+        self._check_files()
         by_lang, skipped, dropped = self._read_by_language(ChatEncoder(self.load_tokenizer(), self.seq_len))
         self.skipped = {reason: skipped.get(reason, 0) for reason in SKIP_REASONS}
         self.dropped_languages = dict(dropped)
@@ -549,13 +578,13 @@ class SFTDataModule(L.LightningDataModule):
         dropped: Counter[str] = Counter()
         by_lang: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for src in self.files:
-            with open(src.path, encoding="utf-8") as fh:
+            with open(src.path, "rb") as fh:  # bytes: a non-UTF-8 line is one invalid record, not a crash
                 for line in fh:
                     if not line.strip():
                         continue
                     try:
                         record = json.loads(line)
-                    except json.JSONDecodeError:
+                    except ValueError:  # JSONDecodeError, UnicodeDecodeError
                         skipped["invalid_json"] += 1
                         continue
                     lang = record_language(record, src.language)

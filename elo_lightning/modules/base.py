@@ -194,6 +194,13 @@ class CausalLMModule(L.LightningModule):
         for lang in getattr(dm, "val_languages", None) or []:
             self.val_metrics[lang] = MeanMetric()
 
+    def check_inputs(self) -> None:
+        """Cheap checks of the inputs (config, layer specs, manifests; no weights), which the CLI runs before the
+        trainer creates any folder. Raises ELOError."""
+        from elo_lightning.models import load_config
+
+        load_config(self.source)
+
     def trainable_named_parameters(self):
         return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
 

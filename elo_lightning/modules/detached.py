@@ -96,6 +96,13 @@ class DetachedLayerModule(CausalLMModule):
             self._source_fingerprint = manifest.fingerprint
         return small
 
+    def check_inputs(self) -> None:
+        if self.from_detached:
+            read_manifest(self.source)
+            load_config(self.source)
+        else:
+            parse_layers(self.hparams.layers, load_config(self.source).num_hidden_layers)
+
     def export(self, output_dir: str | Path) -> Path:
         """A detached checkpoint: HF directory + ``elo_manifest.json`` that ``attach`` checks against the source."""
         manifest = self.manifest

@@ -26,6 +26,11 @@ class FullFineTuningModule(CausalLMModule):
     def stage(self) -> str:
         return "align" if self.hparams.get("detached") else "fft"
 
+    def check_inputs(self) -> None:
+        super().check_inputs()
+        if self.hparams.get("detached"):
+            read_manifest(self.hparams.detached)
+
     def build_model(self, device: str = "cpu") -> PreTrainedModel:
         detached = self.hparams.get("detached") if device != "meta" else None
         if detached:  # a mismatched checkpoint is refused before the full load
