@@ -251,7 +251,7 @@ def test_failure_mid_write_keeps_the_old_output_whole(previous, monkeypatch):
 
     real = cv._StreamingShardWriter.write
     monkeypatch.setattr(cv._StreamingShardWriter, "write", full_disk)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(ELOError, match="no space left on device while writing"):  # one line, names the output
         apply_chat_vector(*(str(trio / n) for n in ("base", "inst", "tgt", "o")), ratio=0.5)
     assert _files(previous) == before  # the old weights are still there, complete
     assert sorted(p.name for p in trio.iterdir()) == ["base", "inst", "o", "tgt"]  # no temp folder left

@@ -87,15 +87,15 @@ def bad_records(shard: Shard) -> Iterator[tuple[int, str | None]]:
 # --------------------------------------------------------------------------------------------------- shards
 
 
-def _load_yaml(path: Path) -> dict:
+def _load_yaml(path: Path) -> dict | list:
     import yaml
 
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as e:
         raise ELOError(f"cannot read data config {path}: {e}") from None
-    if not isinstance(data, dict):
-        raise ELOError(f"{path} is not a data config (expected a mapping)")
+    if not isinstance(data, (dict, list)):
+        raise ELOError(f"{path} is not a data config (expected a mapping or a list of languages)")
     return data
 
 
@@ -104,6 +104,8 @@ def shards_of_config(config: str | Path) -> tuple[list[Shard], list[str]]:
     config whose ``data`` is one (inline or a path relative to it)."""
     path = Path(config)
     cfg = _load_yaml(path)
+    if isinstance(cfg, list):  # a language list file (configs/*/data/en-ko.yaml)
+        cfg = {"languages": cfg}
     if "data" in cfg:
         data = cfg["data"]
         if isinstance(data, str):
@@ -111,6 +113,8 @@ def shards_of_config(config: str | Path) -> tuple[list[Shard], list[str]]:
         cfg = data if isinstance(data, dict) else {}
     init = cfg.get("init_args", cfg)
     shards, hub = [], []
+    if isinstance(init.get("languages"), str):  # a language list file, relative to this config
+        init = {**init, "languages": _load_yaml(path.parent / init["languages"])}
     if "languages" in init:
         for lang in init["languages"] or []:
             name, text_field = lang.get("name", "?"), lang.get("text_field", "text")
