@@ -205,7 +205,7 @@ def _maybe_tokenizer(path: str):
 
 
 def _tool_commands() -> dict:
-    from elo_lightning import bench, figure
+    from elo_lightning import bench, convert, figure, reproduce
     from elo_lightning.evaluation import judge
     from elo_lightning.pipeline import pipeline
 
@@ -221,6 +221,8 @@ def _tool_commands() -> dict:
         "bench": bench.bench,
         "bench-from-runs": bench.from_runs,
         "figure": figure.figure_cmd,
+        "convert-gguf": convert.convert_gguf,
+        "reproduce": reproduce.reproduce,
     }
 
 
