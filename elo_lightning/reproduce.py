@@ -166,7 +166,8 @@ def plan_arms(settings: Settings, n_layers: int) -> list[dict]:
                            "(+ fft_tokens)")
         if "fft_tokens" in settings.arms and all(a["name"] != "fft_tokens" for a in arms):
             arms.append({"name": "fft_tokens", "kind": "fft", "budget": "tokens"})
-        arms = [a for a in arms if a["name"] in settings.arms]
+        by_name = {a["name"]: a for a in arms}
+        arms = [by_name[name] for name in dict.fromkeys(settings.arms)]  # the given order: run these first
     return arms
 
 
@@ -363,6 +364,25 @@ def _finish(stage_dir: Path, record: dict) -> dict:
     return record
 
 
+def _elo_result(arm: dict, elo: dict, noalign: dict, align: dict) -> dict:
+    return {"kind": "elo", "layers": arm["layers"], "spec": arm["spec"], "main": arm["main"],
+            "stages": {"elo": elo, "align": align}, "noalign_eval": noalign["eval"], "eval": align["eval"]}
+
+
+def _baseline_result(arm: dict, rec: dict) -> dict:
+    return _baseline_result(arm, rec)
+
+
+def finished_arm(ctx: Context, arm: dict) -> dict | None:
+    """The arm's result if every stage of it has finished, else None (nothing is computed)."""
+    root = ctx.out / arm["name"]
+    if arm["kind"] == "elo":
+        parts = [_done(root / stage) for stage in ("elo", "noalign", "align")]
+        return None if any(p is None for p in parts) else _elo_result(arm, *parts)
+    rec = _done(root / arm["kind"])
+    return None if rec is None else _baseline_result(arm, rec)
+
+
 def run_elo_arm(ctx: Context, arm: dict) -> dict:
     import torch
 
@@ -405,8 +425,7 @@ def run_elo_arm(ctx: Context, arm: dict) -> dict:
         align["eval"] = evaluate(ctx, module.model)
         align = _finish(align_dir, align)
         del module
-    return {"kind": "elo", "layers": arm["layers"], "spec": arm["spec"], "main": arm["main"],
-            "stages": {"elo": elo, "align": align}, "noalign_eval": noalign["eval"], "eval": align["eval"]}
+    return _elo_result(arm, elo, noalign, align)
 
 
 def train_time(arm_result: dict, clock: str) -> float:
@@ -439,7 +458,7 @@ def run_baseline_arm(ctx: Context, arm: dict, reference: dict | None) -> dict:
         _, rec = run_training(ctx, stage_dir, module, steps, budget_s=budget)
         rec["eval"] = evaluate(ctx, module.model)
         rec = _finish(stage_dir, rec)
-    return {"kind": arm["kind"], "budget": arm["budget"], "stages": {arm["kind"]: rec}, "eval": rec["eval"]}
+    return _baseline_result(arm, rec)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -666,7 +685,8 @@ def reproduce(
         eval_windows: held-out windows per language.
         fft_equal_tokens: also run FFT on the same tokens as ELO + alignment.
         time_clock: clock of the equal-time budgets: cpu (process CPU time) or wall.
-        arms: run only these arms (names as in results.json, e.g. elo_1-30 fft_time).
+        arms: run only these arms, in this order (names as in results.json, e.g. elo_1-30 fft_time); the
+            equal-time arms need the main λ arm finished first.
         accelerator: cpu, gpu or auto.
         precision: Lightning precision (32-true on CPU, bf16-true on GPU).
     """
@@ -724,6 +744,11 @@ def reproduce(
         "started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "plan": [a["name"] for a in plan], "arms": {},
     }
+    invocations_file = out / "invocations.json"
+    invocations = json.loads(invocations_file.read_text()) if invocations_file.is_file() else []
+    invocations.append({"started_utc": results["started_utc"], "command": results["command"],
+                        "plan": results["plan"], "loadavg_start": list(os.getloadavg())})
+    results["invocations"] = invocations
     base = _done(out / "base")
     if base is None:
         ctx.log(f"evaluating the base model {model} ({n_layers} layers)")
@@ -731,27 +756,30 @@ def reproduce(
 
         base = _finish(out / "base", {"eval": evaluate(ctx, load_causal_lm(model, dtype=torch.float32))})
     results["base"] = base
-    reference = None
+    everything = plan_arms(dataclasses.replace(settings, arms=None), n_layers)
+    everything += [a for a in plan if a["name"] not in {b["name"] for b in everything}]
+    main = next(a for a in everything if a.get("main"))
+
+    def report() -> None:  # every finished arm of the whole plan, in plan order, whatever this invocation ran
+        results["arms"] = {a["name"]: r for a in everything if (r := finished_arm(ctx, a)) is not None}
+        invocations[-1].update(wall_s=round(time.perf_counter() - started, 1), process_cpu_s=round(_cpu_time(), 1),
+                               ended_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                               loadavg_end=list(os.getloadavg()))
+        write_json_atomic(invocations_file, invocations)
+        results["wall_s"] = round(sum(i.get("wall_s", 0.0) for i in invocations), 1)
+        results["machine_end"] = _machine()
+        write_report(results, out)
+
     for arm in plan:
         if arm["kind"] == "elo":
             res = run_elo_arm(ctx, arm)
-            if arm["main"]:
-                reference = res
         else:
-            if reference is None:
-                main = next((a for a in plan_arms(dataclasses.replace(settings, arms=None), n_layers) if a.get("main")))
-                done = _done(out / main["name"] / "align")
-                if done is not None:
-                    reference = {"stages": {"elo": _done(out / main["name"] / "elo"), "align": done}}
-            res = run_baseline_arm(ctx, arm, reference)
-        results["arms"][arm["name"]] = res
-        results["wall_s"] = round(time.perf_counter() - started, 1)
-        results["machine_end"] = _machine()
-        write_report(results, out)
+            res = run_baseline_arm(ctx, arm, finished_arm(ctx, main))
+        report()
         ctx.log(f"[{arm['name']}] done: {settings.target} bpb {res['eval'][settings.target]['bits_per_byte']:.4f}, "
                 f"{settings.english} bpb {res['eval'][settings.english]['bits_per_byte']:.4f}")
     if not plan:
-        write_report(results, out)
+        report()
     print(format_table(results))
     print()
     print(format_findings(results))
