@@ -370,7 +370,7 @@ def _elo_result(arm: dict, elo: dict, noalign: dict, align: dict) -> dict:
 
 
 def _baseline_result(arm: dict, rec: dict) -> dict:
-    return _baseline_result(arm, rec)
+    return {"kind": arm["kind"], "budget": arm["budget"], "stages": {arm["kind"]: rec}, "eval": rec["eval"]}
 
 
 def finished_arm(ctx: Context, arm: dict) -> dict | None:
