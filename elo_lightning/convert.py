@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import email
 import hashlib
-import json
 import shutil
 import subprocess
 import sys
@@ -42,7 +41,7 @@ def download_wheel(package: str, dest: Path) -> Path:
     """``pip download --no-deps`` one package into ``dest``; the wheel path."""
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-q", "-d", str(dest),
            package]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     wheels = sorted(dest.glob("*.whl"))
     if proc.returncode != 0 or not wheels:
         last = (proc.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]

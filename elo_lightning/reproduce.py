@@ -37,7 +37,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Literal
 
@@ -132,7 +132,7 @@ def resolve_layers(spec: str, n: int) -> list[int]:
             value = _eval_expr(ast.parse(text, mode="eval"), n)
         except (SyntaxError, ValueError, ZeroDivisionError):
             raise ELOError(f"cannot read layer {part!r} in λ {spec!r} (use numbers, n, + - * /)") from None
-        layer = int(math.floor(value + 0.5))
+        layer = math.floor(value + 0.5)
         if not 1 <= layer <= n:
             raise ELOError(f"λ {spec!r}: layer {part.strip()} = {layer} is outside 1..{n}")
         layers.append(layer)
@@ -286,7 +286,7 @@ class Context:
         return {lang: [str(Path(s.data) / lang / "valid.jsonl")] for lang in (s.target, s.english)}
 
     def steps(self, tokens: float) -> int:
-        return max(int(round(tokens / self.tokens_per_step)), 1)
+        return max(round(tokens / self.tokens_per_step), 1)
 
 
 def _done(path: Path) -> dict | None:
@@ -311,6 +311,7 @@ def run_training(ctx: Context, stage_dir: Path, module, steps: int, stream: dict
     """Fit ``module`` for ``steps`` (or until the time budget), resuming from ``stage_dir/ckpt/last.ckpt``."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
 
     from elo_lightning.callbacks import ThroughputLogger
 
@@ -318,16 +319,15 @@ def run_training(ctx: Context, stage_dir: Path, module, steps: int, stream: dict
     ckpt_dir = stage_dir / "ckpt"
     clock = StageClock(budget_s=budget_s, clock=s.time_clock, calibrate_steps=s.calibrate_steps,
                        optimizer_cfg=ctx.optimizer())
-    from datetime import timedelta
-
-    every = dict(every_n_train_steps=s.checkpoint_every_n_steps) if s.checkpoint_every_n_steps else (
-        dict(train_time_interval=timedelta(minutes=s.checkpoint_minutes)) if s.checkpoint_minutes else None)
+    every = {"every_n_train_steps": s.checkpoint_every_n_steps} if s.checkpoint_every_n_steps else (
+        {"train_time_interval": timedelta(minutes=s.checkpoint_minutes)} if s.checkpoint_minutes else None)
     callbacks = [clock, ThroughputLogger(output_dir=str(stage_dir / "throughput"), warmup_steps=1)]
     if every is not None:
         callbacks.append(ModelCheckpoint(dirpath=str(ckpt_dir), save_top_k=0, save_last=True, **every))
     dm = ctx.datamodule(stream)
     trainer = L.Trainer(
-        max_steps=steps, accelerator=s.accelerator, devices=1, precision=s.precision, logger=False,
+        max_steps=steps, accelerator=s.accelerator, devices=1, precision=s.precision, log_every_n_steps=1,
+        logger=CSVLogger(save_dir=str(stage_dir), name="log", version=""),  # train/loss per step: log/metrics.csv
         callbacks=callbacks, enable_checkpointing=every is not None, num_sanity_val_steps=0, limit_val_batches=0,
         enable_model_summary=False, enable_progress_bar=sys.stderr.isatty(), default_root_dir=str(stage_dir),
     )
@@ -352,10 +352,21 @@ def run_training(ctx: Context, stage_dir: Path, module, steps: int, stream: dict
         "tokens_per_s_wall": round(done * ctx.tokens_per_step / clock.wall_s, 2) if clock.wall_s else None,
         "flops_per_step": flops,
         "flops": flops * done if flops else None,
+        "train_loss": _loss_curve(stage_dir / "log" / "metrics.csv"),
         "stream_start": start_state,
         "stream_end": dm.state_dict(),
     }
     return trainer, record
+
+
+def _loss_curve(path: Path) -> list[float]:
+    """train/loss of every logged step (the CSV logger's file; empty if none)."""
+    import csv
+
+    if not path.is_file():
+        return []
+    with open(path) as fh:
+        return [round(float(row["train/loss"]), 4) for row in csv.DictReader(fh) if row.get("train/loss")]
 
 
 def _finish(stage_dir: Path, record: dict) -> dict:
@@ -695,10 +706,10 @@ def reproduce(
     from elo_lightning.models import load_config
 
     settings = load_settings(budget)
-    overrides = dict(data=data, target=target, elo_tokens=elo_tokens, align_ratio=align_ratio, lr=lr,
-                     seq_len=seq_len, batch_size=batch_size, eval_windows=eval_windows,
-                     fft_equal_tokens=fft_equal_tokens, time_clock=time_clock, arms=arms, accelerator=accelerator,
-                     precision=precision)
+    overrides = {"data": data, "target": target, "elo_tokens": elo_tokens, "align_ratio": align_ratio, "lr": lr,
+                 "seq_len": seq_len, "batch_size": batch_size, "eval_windows": eval_windows,
+                 "fft_equal_tokens": fft_equal_tokens, "time_clock": time_clock, "arms": arms,
+                 "accelerator": accelerator, "precision": precision}
     settings = dataclasses.replace(settings, **{k: v for k, v in overrides.items() if v is not None})
     # cheap checks before any heavy work
     if not Path(model).is_dir():

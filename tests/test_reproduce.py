@@ -60,7 +60,7 @@ def test_every_arm_has_a_row_and_a_result(tiny_run):
     arms = results["arms"]
     assert set(arms) == {"elo_1-8", "fft_time", "lora_time", "elo_1-4-8", "elo_1-4", "elo_2-6", "elo_4-5",
                          "fft_tokens"}
-    for name, arm in arms.items():
+    for arm in arms.values():
         for lang in ("ko", "en"):
             assert arm["eval"][lang]["bits_per_byte"] > 0
         for stage in arm["stages"].values():
@@ -131,6 +131,10 @@ def test_second_invocation_recomputes_nothing(tiny_llama, tiny_run, monkeypatch)
     assert again["arms"] == first["arms"]
 
 
+class SimulatedCrash(Exception):
+    pass
+
+
 def test_interrupted_stage_resumes_from_its_checkpoint(tiny_llama, tmp_path, monkeypatch):
     """Kill the first stage after its checkpoint at step 2; the rerun continues from step 2 with the clock kept."""
     import elo_lightning.reproduce as rep
@@ -140,11 +144,11 @@ def test_interrupted_stage_resumes_from_its_checkpoint(tiny_llama, tmp_path, mon
     def crash(self, trainer, *args):
         real(self, trainer, *args)
         if trainer.global_step == 3:
-            raise KeyboardInterrupt
+            raise SimulatedCrash
 
     monkeypatch.setattr(rep.StageClock, "on_train_batch_end", crash)
     out = tmp_path / "run"
-    with pytest.raises(BaseException):
+    with pytest.raises(SimulatedCrash):
         reproduce(model=str(tiny_llama), budget="tiny", output=str(out), data=str(DATA), arms=["elo_1-8"])
     assert (out / "elo_1-8" / "elo" / "ckpt" / "last.ckpt").is_file()
     assert not (out / "elo_1-8" / "elo" / "result.json").exists()
