@@ -285,6 +285,14 @@ class Context:
         s = self.settings
         return {lang: [str(Path(s.data) / lang / "valid.jsonl")] for lang in (s.target, s.english)}
 
+    def eval_device(self) -> str | None:
+        """cuda when training runs on a GPU (Lightning hands the model back on the CPU after fit), else as is."""
+        import torch
+
+        gpu = self.settings.accelerator in ("gpu", "cuda") or (self.settings.accelerator == "auto"
+                                                               and torch.cuda.is_available())
+        return "cuda" if gpu else None
+
     def steps(self, tokens: float) -> int:
         return max(round(tokens / self.tokens_per_step), 1)
 
@@ -301,7 +309,7 @@ def evaluate(ctx: Context, model) -> dict:
     s = ctx.settings
     start = time.perf_counter()
     res = evaluate_perplexity(model, ctx.model, ctx.eval_files(), seq_len=s.seq_len, max_sequences=s.eval_windows,
-                              batch_size=s.eval_batch_size)
+                              batch_size=s.eval_batch_size, device=ctx.eval_device())
     res["eval_wall_s"] = round(time.perf_counter() - start, 2)
     return res
 
