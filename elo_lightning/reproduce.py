@@ -566,6 +566,12 @@ def findings(results: dict) -> list[dict]:
                              "is not above FFT's)",
                     "holds": d_elo <= d_fft,
                     "numbers": {"elo_align_delta": d_elo, "fft_same_time_delta": d_fft}})
+    lora = arms.get("lora_time")
+    if main and lora:
+        out.append({"claim": f"ELO + alignment beats LoRA on {tgt} at equal training time",
+                    "holds": bpb(main["eval"], tgt) < bpb(lora["eval"], tgt),
+                    "numbers": {"elo_align": bpb(main["eval"], tgt), "lora_same_time": bpb(lora["eval"], tgt),
+                                f"{en}_elo_align": bpb(main["eval"], en), f"{en}_lora_same_time": bpb(lora["eval"], en)}})
     if main:
         out.append({"claim": "alignment is needed (ELO attached without alignment is worse on the target)",
                     "holds": bpb(main["eval"], tgt) < bpb(main["noalign_eval"], tgt),
