@@ -335,7 +335,7 @@ def run_training(ctx: Context, stage_dir: Path, module, steps: int, stream: dict
     dm = ctx.datamodule(stream)
     trainer = L.Trainer(
         max_steps=steps, accelerator=s.accelerator, devices=1, precision=s.precision, log_every_n_steps=1,
-        logger=CSVLogger(save_dir=str(stage_dir), name="log", version=""),  # train/loss per step: log/metrics.csv
+        logger=CSVLogger(save_dir=str(stage_dir), name="log"),  # train/loss per step: log/version_<i>/metrics.csv
         callbacks=callbacks, enable_checkpointing=every is not None, num_sanity_val_steps=0, limit_val_batches=0,
         enable_model_summary=False, enable_progress_bar=sys.stderr.isatty(), default_root_dir=str(stage_dir),
     )
@@ -360,21 +360,23 @@ def run_training(ctx: Context, stage_dir: Path, module, steps: int, stream: dict
         "tokens_per_s_wall": round(done * ctx.tokens_per_step / clock.wall_s, 2) if clock.wall_s else None,
         "flops_per_step": flops,
         "flops": flops * done if flops else None,
-        "train_loss": _loss_curve(stage_dir / "log" / "metrics.csv"),
+        "train_loss": _loss_curve(stage_dir / "log"),
         "stream_start": start_state,
         "stream_end": dm.state_dict(),
     }
     return trainer, record
 
 
-def _loss_curve(path: Path) -> list[float]:
-    """train/loss of every logged step (the CSV logger's file; empty if none)."""
+def _loss_curve(log_dir: Path) -> list[float]:
+    """train/loss of every logged step, over the CSV logger's versions (one per (re)start; empty if none)."""
     import csv
 
-    if not path.is_file():
-        return []
-    with open(path) as fh:
-        return [round(float(row["train/loss"]), 4) for row in csv.DictReader(fh) if row.get("train/loss")]
+    versions = sorted(log_dir.glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
+    losses: list[float] = []
+    for path in versions:
+        with open(path) as fh:
+            losses += [round(float(row["train/loss"]), 4) for row in csv.DictReader(fh) if row.get("train/loss")]
+    return losses
 
 
 def _finish(stage_dir: Path, record: dict) -> dict:

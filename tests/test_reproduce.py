@@ -156,6 +156,7 @@ def test_interrupted_stage_resumes_from_its_checkpoint(tiny_llama, tmp_path, mon
     res = reproduce(model=str(tiny_llama), budget="tiny", output=str(out), data=str(DATA), arms=["elo_1-8"])
     elo = res["arms"]["elo_1-8"]["stages"]["elo"]
     assert elo["resumed"] and elo["steps"] == 4
+    assert len(elo["train_loss"]) >= 4  # the losses logged before the crash are kept
     assert not (out / "elo_1-8" / "elo" / "ckpt").exists()
 
 
