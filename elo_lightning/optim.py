@@ -11,6 +11,8 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 from transformers.optimization import get_constant_schedule_with_warmup, get_cosine_with_min_lr_schedule_with_warmup
 
+from elo_lightning.dist import is_dtensor
+
 
 @dataclass
 class OptimizerConfig:
@@ -38,11 +40,14 @@ def _bnb_adamw8bit(params: list, cfg: OptimizerConfig) -> torch.optim.Optimizer 
         bnb.optim.AdamW8bit([probe], lr=1e-3).step()
         return bnb.optim.AdamW8bit(params, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
     except Exception as err:  # noqa: BLE001 - any failure means: fall back, and say why
-        warnings.warn(f"8-bit AdamW unavailable here ({type(err).__name__}: {err}); falling back to torch AdamW")
+        warnings.warn(f"8-bit AdamW unavailable here ({type(err).__name__}: {err}); falling back to torch AdamW",
+                      stacklevel=2)
         return None
 
 
-def build_optimizer(named_params: Iterable[tuple[str, torch.nn.Parameter]], cfg: OptimizerConfig) -> torch.optim.Optimizer:
+def build_optimizer(
+    named_params: Iterable[tuple[str, torch.nn.Parameter]], cfg: OptimizerConfig
+) -> torch.optim.Optimizer:
     """AdamW over trainable parameters; no weight decay on norms and biases (1-D tensors)."""
     decay, no_decay = [], []
     for _, p in named_params:
@@ -52,9 +57,9 @@ def build_optimizer(named_params: Iterable[tuple[str, torch.nn.Parameter]], cfg:
         raise ValueError("no trainable parameters")
     groups = [g for g in ({"params": decay}, {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
     if cfg.name == "adamw8bit":
-        if any(type(p).__name__ == "DTensor" for g in groups for p in g["params"]):  # FSDP2 shards
+        if any(is_dtensor(p) for g in groups for p in g["params"]):  # FSDP2 shards
             warnings.warn("8-bit AdamW (bitsandbytes) cannot step FSDP2 (DTensor) parameters; falling back to "
-                          "torch AdamW (use strategy ddp to keep 8-bit AdamW)")
+                          "torch AdamW (use strategy ddp to keep 8-bit AdamW)", stacklevel=2)
         elif (opt := _bnb_adamw8bit(groups, cfg)) is not None:
             return opt
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
@@ -65,4 +70,5 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimizerConfig, tota
     warmup = cfg.warmup_steps or int(cfg.warmup_ratio * total_steps)
     if cfg.scheduler == "constant":
         return get_constant_schedule_with_warmup(optimizer, warmup)
-    return get_cosine_with_min_lr_schedule_with_warmup(optimizer, warmup, max(total_steps, 1), min_lr_rate=cfg.min_lr_ratio)
+    return get_cosine_with_min_lr_schedule_with_warmup(optimizer, warmup, max(total_steps, 1),
+                                                       min_lr_rate=cfg.min_lr_ratio)

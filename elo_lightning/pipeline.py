@@ -1,56 +1,93 @@
 """The whole ELO method on the embedded default, offline, in minutes on a CPU.
 
 base (a tiny Llama pretrained here on English only: the stand-in for an English-centric LLM)
-  -> ELO pretraining of λ on en:ko = 1:9 -> attach + alignment (full fine-tuning)
-  vs the FFT baseline on the same data for the same number of steps;
+  -> ELO pretraining of λ on en:ko = 1:9 (by bytes) -> attach + alignment (full fine-tuning) on the text after
+  ELO's (start_after), vs the FFT baseline on the same stream for the same number of steps;
   instruct = base + English chat SFT (the stand-in for the vendor's instruct model)
-  -> chat vector (instruct - base) added to the ELO-aligned model -> bilingual SFT (ko:en = 1:1)
-  -> per-language held-out perplexity / bits-per-byte and two tiny lm-eval tasks, as a table and results.json.
+  -> for BOTH arms: chat vector (instruct - base) -> bilingual SFT (ko:en = 1:1), so the table compares finished
+  models (elo_sft vs fft_sft) as the paper's Table 2 does
+  -> per-language held-out perplexity / bits-per-byte and two tiny lm-eval tasks, as a table and results.json
+  (which also records how each run was trained: strategy, precision, optimizer, activation checkpointing).
 Learning rates are the tiny model's (1e-3), not the paper's 5e-6 for 8B models.
 """
 
 from __future__ import annotations
 
-import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from elo_lightning.callbacks import ThroughputLogger
+from elo_lightning.chat_vector import apply_chat_vector
+from elo_lightning.data import BilingualDataModule
+from elo_lightning.data.sft import SFTDataModule
+from elo_lightning.evaluation.evaluate import evaluate_model
 from elo_lightning.io import write_json_atomic
+from elo_lightning.models import init_cmd
+from elo_lightning.modules import STAGES
 from elo_lightning.optim import OptimizerConfig
 
 SAMPLE = Path("data/sample")
+# the models the table compares: continual pretraining (ELO + alignment vs FFT), then the finished models, each
+# given the same chat vector and bilingual SFT (the paper's Table 2 compares finished models)
+MODELS = ("base", "elo_aligned", "fft", "elo_sft", "fft_sft")
 
 
-def _datamodule(tokenizer: str, weights: dict[str, float], seq_len: int, batch_size: int, seed: int, data: Path):
-    from elo_lightning.data import BilingualDataModule, LanguageSource
+@dataclass
+class _Run:
+    """What every stage of the pipeline shares: where it writes, how it trains, on which data."""
 
-    langs = [
-        LanguageSource(
-            name=lang,
-            train=[str(data / lang / "train-*.jsonl")],
-            valid=[str(data / lang / "valid.jsonl")],
-            weight=w,
-        )
-        for lang, w in weights.items()
-    ]
-    return BilingualDataModule(
-        tokenizer=tokenizer, languages=langs, seq_len=seq_len, batch_size=batch_size, seed=seed, val_max_sequences=32
-    )
+    out: Path
+    data: Path
+    tokenizer: str
+    target: str
+    seq_len: int
+    batch_size: int
+    seed: int
+    accelerator: str
+    optimizer: OptimizerConfig
+    steps_sft: int = 0
+    times: dict[str, float] = field(default_factory=dict)  # wall seconds of each training run
+    throughput: dict[str, dict] = field(default_factory=dict)  # its ThroughputLogger summary
+
+    def pretrain_data(self, weights: dict[str, float], seed: int, **kwargs) -> BilingualDataModule:
+        return BilingualDataModule.from_folder(self.data / "pretrain", weights, self.tokenizer, seq_len=self.seq_len,
+                                               batch_size=self.batch_size, seed=seed, val_max_sequences=32, **kwargs)
+
+    def chat_data(self, weights: dict[str, float]) -> SFTDataModule:
+        return SFTDataModule(tokenizer=self.tokenizer, files=[str(self.data / "sft" / "conversations.jsonl")],
+                             lang_weights=weights, seq_len=256, batch_size=self.batch_size, seed=self.seed,
+                             val_fraction=0.0)
+
+    def train(self, name: str, stage: str, model: str, data, steps: int, **kwargs) -> None:
+        """Train ``stage``'s module on ``data`` for ``steps``, export to ``out/<export>``, time it under ``name``."""
+        export = kwargs.pop("export", name)
+        module = STAGES[stage].module(model=model, export_dir=str(self.out / export), tokenizer=self.tokenizer,
+                                      optimizer=self.optimizer, seed=self.seed, **kwargs)
+        throughput = ThroughputLogger(output_dir=str(self.out / "logs" / name), warmup_steps=2)
+        start = time.perf_counter()
+        _trainer(self.out, name, steps, self.accelerator, throughput).fit(module, datamodule=data)
+        self.times[name] = time.perf_counter() - start
+        self.throughput[name] = throughput.summary
+
+    def finish(self, name: str, aligned: str) -> None:
+        """Chat vector (instruct - base) added to ``aligned``, then bilingual SFT: ``<name>_chat_vector``, ``_sft``."""
+        out, vector = self.out, self.out / f"{name}_chat_vector"
+        apply_chat_vector(str(out / "base"), str(out / "instruct"), str(out / aligned), str(vector), overwrite=True)
+        self.train(f"{name}_sft", "sft", str(vector), self.chat_data({self.target: 1.0, "en": 1.0}), self.steps_sft)
 
 
-def _trainer(output: Path, name: str, max_steps: int, accelerator: str, callbacks=()) -> L.Trainer:
-    from elo_lightning.callbacks import ThroughputLogger
-
+def _trainer(output: Path, name: str, max_steps: int, accelerator: str, throughput: ThroughputLogger) -> L.Trainer:
     return L.Trainer(
         max_steps=max_steps,
         accelerator=accelerator,
         devices=1,
         logger=TensorBoardLogger(save_dir=str(output / "logs"), name=name, version=""),
-        callbacks=[ThroughputLogger(output_dir=str(output / "logs" / name), warmup_steps=2), *callbacks],
+        callbacks=[throughput],
         enable_checkpointing=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
@@ -59,34 +96,34 @@ def _trainer(output: Path, name: str, max_steps: int, accelerator: str, callback
     )
 
 
-def _fit(module, dm, output: Path, name: str, steps: int, accelerator: str) -> float:
-    start = time.perf_counter()
-    _trainer(output, name, steps, accelerator).fit(module, datamodule=dm)
-    return time.perf_counter() - start
+def _train_all(run: _Run, config: str, layers: str, steps: dict[str, int]) -> None:
+    """base -> ELO -> align (on the text after ELO's), the FFT baseline on the same stream, the English instruct
+    stand-in, then chat vector + bilingual SFT for both arms."""
+    out, target, seed = run.out, run.target, run.seed
+    mix = {"en": 1.0, target: 9.0}
+    init_cmd(config, str(out / "init"), tokenizer=run.tokenizer, seed=seed)
+    run.train("base", "fft", str(out / "init"), run.pretrain_data({"en": 1.0}, seed + 1), steps["base"])
+    run.train("elo", "elo", str(out / "base"), run.pretrain_data(mix, seed), steps["elo"], layers=layers)
+    run.train("align", "align", str(out / "base"), run.pretrain_data(mix, seed, start_after=str(out / "elo")),
+              steps["align"], detached=str(out / "elo"), export="elo_aligned")
+    run.train("fft", "fft", str(out / "base"), run.pretrain_data(mix, seed), steps["fft"])
+    run.train("instruct", "sft", str(out / "base"), run.chat_data({"en": 1.0}), steps["instruct"])
+    run.finish("elo", "elo_aligned")
+    run.finish("fft", "fft")
 
 
-def _summary(out: Path, name: str) -> dict:
-    return json.loads((out / "logs" / name / "summary.json").read_text())
-
-
-def _sft_data(tokenizer: str, weights: dict[str, float], seed: int, batch_size: int, data: Path):
-    from elo_lightning.data.sft import SFTDataModule
-
-    return SFTDataModule(tokenizer=tokenizer, files=[str(data / "sft" / "conversations.jsonl")], lang_weights=weights,
-                         max_length=256, batch_size=batch_size, seed=seed, val_fraction=0.0)
-
-
-def _evaluate(model_dir: Path, files: dict[str, list[str]], seq_len: int, tasks: Path | None) -> dict:
-    from elo_lightning.evaluation.perplexity import evaluate_perplexity
-
-    result = {"perplexity": evaluate_perplexity(str(model_dir), None, files, seq_len=seq_len, max_sequences=32)}
-    if tasks is not None:
-        from elo_lightning.evaluation.lm_eval_runner import run_lm_eval
-
-        names = sorted(p.stem for p in tasks.glob("*.yaml"))
-        raw = run_lm_eval(str(model_dir), [f"elo_{n}" for n in names], include_path=str(tasks), batch_size=8)
-        result["lm_eval"] = {task: metrics.get("acc") for task, metrics in raw["tasks"].items()}
-    return result
+def _evaluate(run: _Run, eval_tasks: str | None) -> dict[str, dict]:
+    files = {lang: [str(run.data / "pretrain" / lang / "valid.jsonl")] for lang in ("en", run.target)}
+    tasks = Path(eval_tasks) if eval_tasks else None
+    names = [f"elo_{n}" for n in sorted(p.stem for p in tasks.glob("*.yaml"))] if tasks is not None else None
+    models = {}
+    for name in MODELS:
+        scores = evaluate_model(str(run.out / name), files, run.seq_len, 32, tasks=names,
+                                include_path=str(tasks) if tasks is not None else None, lm_eval_batch_size=8)
+        if tasks is not None:
+            scores["lm_eval"] = {task: metrics.get("acc") for task, metrics in scores["lm_eval"].items()}
+        models[name] = scores
+    return models
 
 
 def pipeline(
@@ -121,61 +158,31 @@ def pipeline(
         base_steps: English-only pretraining steps that make the base model.
         elo_steps: ELO pretraining steps (the FFT baseline gets elo_steps + align_steps).
         align_steps: alignment (full fine-tuning) steps after attaching.
-        sft_steps: steps of each SFT run (English instruct stand-in; bilingual SFT after the chat vector).
+        sft_steps: steps of each SFT run (English instruct stand-in; each arm's bilingual SFT after its chat vector).
         eval_tasks: folder of local lm-eval task YAMLs run on every model (None: perplexity only).
         lr: peak learning rate for every stage (cosine, 8-bit AdamW).
         seed: seed for init and data order.
         accelerator: cpu, gpu or auto.
     """
-    from elo_lightning.chat_vector import apply_chat_vector
-    from elo_lightning.cli import init_cmd
-    from elo_lightning.modules import AlignmentModule, DetachedLayerModule, SFTModule
-
     torch.manual_seed(seed)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    data_dir = Path(data)
-    pretrain = data_dir / "pretrain"
-    optim = OptimizerConfig(lr=lr, warmup_steps=10, min_lr_ratio=0.1)
-    common = dict(tokenizer=tokenizer, optimizer=optim, seed=seed)
-    mixed = _datamodule(tokenizer, {"en": 1.0, target: 9.0}, seq_len, batch_size, seed, pretrain)
-    english = _datamodule(tokenizer, {"en": 1.0}, seq_len, batch_size, seed + 1, pretrain)
-    times: dict[str, float] = {}
+    run = _Run(out=out, data=Path(data), tokenizer=tokenizer, target=target, seq_len=seq_len, batch_size=batch_size,
+               seed=seed, accelerator=accelerator, optimizer=OptimizerConfig(lr=lr, warmup_steps=10, min_lr_ratio=0.1),
+               steps_sft=sft_steps)
+    steps = {"base": base_steps, "elo": elo_steps, "align": align_steps, "fft": elo_steps + align_steps,
+             "instruct": sft_steps, "elo_sft": sft_steps, "fft_sft": sft_steps}
     wall = time.perf_counter()
-
-    init_cmd(config, str(out / "init"), tokenizer=tokenizer, seed=seed)
-    base = AlignmentModule(model=str(out / "init"), export_dir=str(out / "base"), **common)
-    times["base"] = _fit(base, english, out, "base", base_steps, accelerator)
-
-    elo = DetachedLayerModule(model=str(out / "base"), layers=layers, export_dir=str(out / "elo"), **common)
-    times["elo"] = _fit(elo, mixed, out, "elo", elo_steps, accelerator)
-    align = AlignmentModule(
-        model=str(out / "base"), detached=str(out / "elo"), export_dir=str(out / "elo_aligned"), **common
-    )
-    times["align"] = _fit(align, _datamodule(tokenizer, {"en": 1.0, target: 9.0}, seq_len, batch_size, seed + 2, pretrain), out, "align", align_steps, accelerator)
-    fft = AlignmentModule(model=str(out / "base"), export_dir=str(out / "fft"), **common)
-    times["fft"] = _fit(fft, _datamodule(tokenizer, {"en": 1.0, target: 9.0}, seq_len, batch_size, seed, pretrain), out, "fft", elo_steps + align_steps, accelerator)
-
-    english_chat = _sft_data(tokenizer, {"en": 1.0}, seed, batch_size, data_dir)
-    instruct = SFTModule(model=str(out / "base"), export_dir=str(out / "instruct"), **common)
-    times["instruct"] = _fit(instruct, english_chat, out, "instruct", sft_steps, accelerator)
-    apply_chat_vector(str(out / "base"), str(out / "instruct"), str(out / "elo_aligned"), str(out / "chat_vector"),
-                      overwrite=True)
-    bilingual_chat = _sft_data(tokenizer, {target: 1.0, "en": 1.0}, seed, batch_size, data_dir)
-    sft = SFTModule(model=str(out / "chat_vector"), export_dir=str(out / "sft"), **common)
-    times["sft"] = _fit(sft, bilingual_chat, out, "sft", sft_steps, accelerator)
-
-    files = {lang: [str(pretrain / lang / "valid.jsonl")] for lang in ("en", target)}
-    tasks = Path(eval_tasks) if eval_tasks else None
-    models = {name: _evaluate(out / name, files, seq_len, tasks) for name in ("base", "elo_aligned", "fft", "sft")}
+    _train_all(run, config, layers, steps)
+    models = _evaluate(run, eval_tasks)
     results = {
         "target": target,
         "layers": layers,
-        "steps": {"base": base_steps, "elo": elo_steps, "align": align_steps, "fft": elo_steps + align_steps,
-                  "instruct": sft_steps, "sft": sft_steps},
+        "steps": steps,
         "tokens_per_step": seq_len * batch_size,
-        "train_seconds": {k: round(v, 1) for k, v in times.items()},
-        "tokens_per_s": {k: round(_summary(out, k)["tokens_per_s"]) for k in times},
+        "train_seconds": {k: round(v, 1) for k, v in run.times.items()},
+        "tokens_per_s": {k: round(summary["tokens_per_s"]) for k, summary in run.throughput.items()},
+        "settings": {k: summary.get("settings") for k, summary in run.throughput.items()},
         "wall_seconds": round(time.perf_counter() - wall, 1),
         "models": {name: m["perplexity"] for name, m in models.items()},
         "lm_eval": {name: m.get("lm_eval", {}) for name, m in models.items()},
@@ -196,8 +203,9 @@ def _draw(results: dict, out: Path) -> None:
 
     from elo_lightning.evaluation.analysis import load_scalars, plot_loss_curves, plot_perplexity_bars
 
-    for name, fig in (("loss_curves.png", plot_loss_curves(load_scalars(out / "logs"), order=list(results["train_seconds"]))),
-                      ("bits_per_byte.png", plot_perplexity_bars(results["models"], "bits_per_byte", logy=False))):
+    curves = plot_loss_curves(load_scalars(out / "logs"), order=list(results["train_seconds"]))
+    bars = plot_perplexity_bars(results["models"], "bits_per_byte", logy=False)
+    for name, fig in (("loss_curves.png", curves), ("bits_per_byte.png", bars)):
         fig.savefig(out / name, dpi=110)
         plt.close(fig)
 
@@ -205,7 +213,8 @@ def _draw(results: dict, out: Path) -> None:
 def format_table(results: dict) -> str:
     langs = sorted({lang for m in results["models"].values() for lang in m})
     tasks = sorted({t for m in results.get("lm_eval", {}).values() for t in m})
-    head = [f"ppl {lang}" for lang in langs] + [f"bpb {lang}" for lang in langs] + [t.removeprefix("elo_tiny_") for t in tasks]
+    head = [f"ppl {lang}" for lang in langs] + [f"bpb {lang}" for lang in langs]
+    head += [t.removeprefix("elo_tiny_") for t in tasks]
     lines = ["| model | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
     for name, per_lang in results["models"].items():
         cells = [f"{per_lang[lang]['perplexity']:.1f}" for lang in langs]
@@ -218,7 +227,3 @@ def format_table(results: dict) -> str:
         f"tokens/s ELO {tps['elo']} vs FFT {tps['fft']}; wall {results['wall_seconds']:.0f}s"
     )
     return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    json.dumps(pipeline())

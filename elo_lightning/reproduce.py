@@ -273,10 +273,12 @@ class Context:
 
         s = self.settings
         root = Path(s.data)
-        langs = [LanguageSource(name=s.english, train=[str(root / s.english / "train-*.jsonl")], weight=s.english_weight),
-                 LanguageSource(name=s.target, train=[str(root / s.target / "train-*.jsonl")], weight=s.target_weight)]
+        langs = [LanguageSource(name=lang, train=[str(root / lang / "train-*.jsonl")], weight=weight)
+                 for lang, weight in ((s.english, s.english_weight), (s.target, s.target_weight))]
+        # mix_by="tokens": the committed CPU results (docs/reproduction) were run with token mixing, before the
+        # datamodule's default became the paper's unit (bytes); kept so resumed and new arms stay comparable.
         dm = BilingualDataModule(tokenizer=self.model, languages=langs, seq_len=s.seq_len, batch_size=s.batch_size,
-                                 seed=s.seed)
+                                 seed=s.seed, mix_by="tokens")
         if state is not None:
             dm.load_state_dict(state)
         return dm
@@ -461,8 +463,9 @@ def run_baseline_arm(ctx: Context, arm: dict, reference: dict | None) -> dict:
     rec = _done(stage_dir)
     if rec is None:
         if reference is None:
-            raise ELOError(f"arm {arm['name']} needs the main ELO arm ({elo_arm_name(resolve_layers(s.layers, ctx.n_layers))}) "
-                           "to set its budget: include it in --arms")
+            main_arm = elo_arm_name(resolve_layers(s.layers, ctx.n_layers))
+            raise ELOError(f"arm {arm['name']} needs the main ELO arm ({main_arm}) to set its budget: "
+                           "include it in --arms")
         ref_steps = sum(st["steps"] for st in reference["stages"].values())
         if arm["budget"] == "time":
             budget = train_time(reference, s.time_clock)
@@ -502,8 +505,9 @@ def table_rows(results: dict) -> list[dict]:
     if fft:
         st = fft["stages"]["fft"]
         fft_speed = st["tokens"] / st["train_cpu_s"] if st["train_cpu_s"] else None
-    rows = [{"row": "base (no training)", "target_bpb": base[tgt]["bits_per_byte"], "english_bpb": base[en]["bits_per_byte"],
-             "wall_s": 0.0, "cpu_s": 0.0, "tokens": 0, "flops": 0, "speed_vs_fft": None}]
+    rows = [{"row": "base (no training)", "target_bpb": base[tgt]["bits_per_byte"],
+             "english_bpb": base[en]["bits_per_byte"], "wall_s": 0.0, "cpu_s": 0.0, "tokens": 0, "flops": 0,
+             "speed_vs_fft": None}]
     for name, arm in results["arms"].items():
         stages = arm["stages"].values()
         tokens = sum(st["tokens"] for st in stages)
@@ -573,7 +577,8 @@ def findings(results: dict) -> list[dict]:
         out.append({"claim": f"ELO + alignment beats LoRA on {tgt} at equal training time",
                     "holds": bpb(main["eval"], tgt) < bpb(lora["eval"], tgt),
                     "numbers": {"elo_align": bpb(main["eval"], tgt), "lora_same_time": bpb(lora["eval"], tgt),
-                                f"{en}_elo_align": bpb(main["eval"], en), f"{en}_lora_same_time": bpb(lora["eval"], en)}})
+                                f"{en}_elo_align": bpb(main["eval"], en),
+                                f"{en}_lora_same_time": bpb(lora["eval"], en)}})
     if main:
         out.append({"claim": "alignment is needed (ELO attached without alignment is worse on the target)",
                     "holds": bpb(main["eval"], tgt) < bpb(main["noalign_eval"], tgt),

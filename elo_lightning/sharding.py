@@ -24,9 +24,8 @@ unit is sharded), the meta ranks allocate only their shards (``to_empty``), and
 into everybody's shards. Buffers (rotary ``inv_freq``: not in the state dict) are broadcast from rank 0 too.
 Peak host memory: rank 0 one full copy of the stage's model (in its load dtype) plus its shard and the
 broadcast buffers (measured ~1.6 copies), other ranks their shard.
-Attaching ELO layers (AlignmentModule ``detached=...``) therefore happens on rank 0 only, before sharding,
-exactly as unsharded (tested equal). Whatever ``build_model`` sets on the module besides the model
-(``DetachedLayerModule.manifest``) is broadcast from rank 0 as well.
+Attaching ELO layers (FullFineTuningModule ``detached=...``) therefore happens on rank 0 only, before sharding,
+exactly as unsharded (tested equal). Only the model is built: nothing else on the module needs broadcasting.
 """
 
 from __future__ import annotations
@@ -38,11 +37,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from elo_lightning.dist import is_dtensor, rank_and_world
 from elo_lightning.errors import ELOError
 from elo_lightning.models import decoder_layers, resolve_dtype
-
-# module attributes ``build_model`` may set on rank 0 that the meta ranks must receive
-_BROADCAST_ATTRS = ("manifest",)
 
 
 @dataclass
@@ -85,10 +82,6 @@ def apply_activation_checkpointing(model: nn.Module) -> None:
             layers[i] = checkpoint_wrapper(layer, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
 
 
-def is_sharded(model: nn.Module) -> bool:
-    return any(type(p).__name__ == "DTensor" for p in model.parameters())
-
-
 def shard_model(model, device_mesh, config: ShardingConfig | None = None) -> None:
     """FSDP2 in place: one unit per decoder layer, embedding and head (one unit when tied), then the root."""
     from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
@@ -119,29 +112,17 @@ def shard_model(model, device_mesh, config: ShardingConfig | None = None) -> Non
     fully_shard(model, **kw)
 
 
-def _world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def build_sharded(module, device_mesh, config: ShardingConfig | None = None) -> nn.Module:
     """The stage's model, sharded, with weights from rank 0 (see the module docstring). Collective."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
     config = config or ShardingConfig()
-    rank, world = _world()
+    rank, world = rank_and_world()
     if not config.rank0_load or world == 1:
-        model = module.build_model().train()
-        _maybe_hf_checkpointing(module, model)
+        model = module.build_training_model()
         shard_model(model, device_mesh, config)
         return model
-    model = module.build_model(device="cpu" if rank == 0 else "meta").train()
-    _maybe_hf_checkpointing(module, model)
-    attrs = [{k: getattr(module, k) for k in _BROADCAST_ATTRS if getattr(module, k, None) is not None}]
-    dist.broadcast_object_list(attrs, src=0)
-    for k, v in attrs[0].items():
-        setattr(module, k, v)
+    model = module.build_training_model(device="cpu" if rank == 0 else "meta")
     names = [[n for n, _ in model.state_dict().items()]]
     dist.broadcast_object_list(names, src=0)
     if names[0] != list(model.state_dict().keys()):
@@ -157,7 +138,7 @@ def build_sharded(module, device_mesh, config: ShardingConfig | None = None) -> 
     set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
     del full
     for _, buf in model.named_buffers():
-        if type(buf).__name__ == "DTensor":
+        if is_dtensor(buf):
             continue
         tmp = buf.detach().to(_comm_device(device_mesh))
         dist.broadcast(tmp, src=0)
@@ -185,7 +166,3 @@ def _retie(model: nn.Module) -> None:
     if getattr(lm.config, "tie_word_embeddings", False) and head is not None and head.weight is not embed.weight:
         head.weight = embed.weight
 
-
-def _maybe_hf_checkpointing(module, model) -> None:
-    if module.hparams.get("gradient_checkpointing"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -15,16 +15,28 @@ import argparse
 import glob
 import json
 import os
+from pathlib import Path
+
+from elo_lightning.errors import ELOError
 
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 CHAT_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 SPECIAL_TOKENS = [PAD, BOS, EOS, *CHAT_TOKENS]
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>\\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
-)
+
+
+def chat_template(end_of_turn: str) -> str:
+    """``<|role|>\\ncontent{end_of_turn}\\n`` per message (``end_of_turn``: a Jinja expression), then
+    ``<|assistant|>\\n`` with ``add_generation_prompt``. The one chat layout of this package."""
+    return (
+        "{% for message in messages %}"
+        "{{ '<|' + message['role'] + '|>\\n' + message['content'] + " + end_of_turn + " + '\\n' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+    )
+
+
+CHAT_TEMPLATE = chat_template("'<|end|>'")  # the shipped tokenizer's
+FALLBACK_CHAT_TEMPLATE = chat_template("eos_token")  # for tokenizers without one (SFT data, judge answers)
 DEFAULT_VOCAB_SIZE = 8192
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_FILES = os.path.join(_REPO, "data", "sample", "pretrain", "*", "train-*.jsonl")
@@ -96,6 +108,70 @@ def _add_compat_files(output_dir: str) -> None:
     with open(os.path.join(output_dir, "special_tokens_map.json"), "w", encoding="utf-8") as f:
         json.dump(special, f, indent=2, ensure_ascii=False)
         f.write("\n")
+
+
+def adds_bos(tokenizer) -> bool:
+    """Whether ``tokenizer(text)`` puts BOS first (Llama-3 through its post-processor, Gemma/Llama-2 through
+    ``add_bos_token``; Qwen2 and the shipped demo tokenizer add none). Asked of the tokenizer itself, so any
+    mechanism counts: the model was trained on what the tokenizer produces."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return False
+    with_special = tokenizer("a", add_special_tokens=True)["input_ids"]
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    return len(with_special) > len(plain) and with_special[0] == bos
+
+
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+def own_tokenizer_dir(model_source: str) -> str | None:
+    """The model directory when it carries a tokenizer (HF export, converted checkpoint); None otherwise
+    (an architecture .json, a hub id, a directory of weights only)."""
+    path = Path(model_source)
+    if path.is_dir() and any((path / name).is_file() for name in TOKENIZER_FILES):
+        return str(path)
+    return None
+
+
+def _identity(tokenizer) -> dict:
+    specials = {k: getattr(tokenizer, f"{k}_token_id", None) for k in ("bos", "eos", "pad", "unk")}
+    return {"vocab": tokenizer.get_vocab(), "specials": specials,
+            "all_special": sorted(map(str, tokenizer.all_special_tokens)), "adds_bos": adds_bos(tokenizer)}
+
+
+def tokenizer_difference(tokenizer, reference) -> str | None:
+    """What differs between two tokenizers (vocabulary, special tokens, BOS behaviour); None when they agree."""
+    mine, theirs = _identity(tokenizer), _identity(reference)
+    if mine["vocab"] != theirs["vocab"]:
+        diff = len(set(mine["vocab"].items()) ^ set(theirs["vocab"].items()))
+        return f"vocabulary differs ({len(mine['vocab'])} vs {len(theirs['vocab'])} tokens, {diff} entries differ)"
+    for key in ("specials", "all_special", "adds_bos"):
+        if mine[key] != theirs[key]:
+            return f"special tokens differ ({key}: {mine[key]} vs {theirs[key]})"
+    return None
+
+
+def check_tokenizer(tokenizer, model_source: str, vocab_size: int, allow_mismatch: bool = False,
+                    name: str | None = None) -> None:
+    """Refuse a tokenizer that does not belong to the model.
+
+    A tokenizer larger than the model's vocabulary can never work. When the model directory carries its own
+    tokenizer, another one (different vocabulary or special tokens, e.g. the 8192-token demo tokenizer left in a
+    data config for a real model) is refused unless ``allow_mismatch`` (a deliberate vocabulary change)."""
+    name = name or getattr(tokenizer, "name_or_path", "") or "the tokenizer"
+    if len(tokenizer) > vocab_size:
+        raise ELOError(f"tokenizer {name} has {len(tokenizer)} tokens but the model's vocabulary has {vocab_size}: "
+                       "they do not belong together")
+    own = own_tokenizer_dir(model_source)
+    if own is None or allow_mismatch or Path(own).resolve() == Path(str(name)).resolve():
+        return
+    from transformers import AutoTokenizer
+
+    why = tokenizer_difference(tokenizer, AutoTokenizer.from_pretrained(own))
+    if why is not None:
+        raise ELOError(f"tokenizer {name} is not the model's own ({own}): {why}; use the model's tokenizer "
+                       "or set allow_tokenizer_mismatch: true")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -66,10 +66,10 @@ def _launch(assets: dict, strategy: str, scenarios: list, nproc: int = 2, **extr
 
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory) -> dict:
+    from tiny_models import tiny_model
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from elo_lightning.surgery import detach, save_detached
-    from tiny_models import tiny_model
 
     root = tmp_path_factory.mktemp("dist")
     tiny_model("llama").save_pretrained(root / "source")
@@ -113,7 +113,7 @@ def reference(assets) -> dict:
 
         class Rec(L.Callback):
             def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-                losses.append(float(outputs["loss"]))
+                losses.append(float(outputs["loss"]))  # noqa: B023 - used inside this iteration only
 
         t = L.Trainer(max_steps=3, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, callbacks=[Rec()])

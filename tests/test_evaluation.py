@@ -62,7 +62,7 @@ def test_perplexity_matches_hand_computation(tmp_path, tok, tiny_dir):
     model = LlamaForCausalLM.from_pretrained(tiny_dir).eval()
     res = evaluate_perplexity(model, tok, files, seq_len=512, max_sequences=None, batch_size=2)
     for lang, docs in DOCS.items():
-        stream = [tok.bos_token_id]
+        stream = [tok.eos_token_id]  # the demo tokenizer adds no BOS: the stream starts with a separator
         for d in docs:
             stream += tok(d, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         nll, n = _hand_nll(model, stream)
@@ -139,7 +139,8 @@ def test_analysis_helpers_and_notebook_executes(tmp_path):
     c = analysis.curves(rows, "loss")
     assert set(c["sft/version_0"]) == {"train", "val/ko", "val/en"}
     assert c["sft/version_0"]["train"][0] == [0, 10, 20, 30, 40]
-    assert list(analysis.perplexity_table(analysis.load_results(results))) == ["base", "elo_aligned", "fft", "lora", "sft"]
+    table = analysis.perplexity_table(analysis.load_results(results))
+    assert list(table) == ["base", "elo_aligned", "fft", "lora", "sft"]
 
     nb_path = ROOT / "notebooks" / "analysis.ipynb"
     nb = nbformat.read(nb_path, as_version=4)
@@ -174,3 +175,36 @@ def test_loss_curves_follow_the_given_stage_order(tmp_path):
     titles = [ax.get_title() for ax in fig.axes]
     assert titles == ["sft/version_0", "elo_pretrain/version_0"]
     assert {line.get_label() for line in fig.axes[0].lines} == {"train", "val/ko", "val/en"}
+
+
+@pytest.mark.parametrize("family,bos", [("llama", True), ("gemma3", True), ("qwen2-tied", False)])
+def test_eval_windows_are_laid_out_like_training(tmp_path, family, bos):
+    """Per family: every document starts with BOS exactly when the tokenizer adds one (as the training stream),
+    and the scored loss is that of this layout."""
+    from tiny_models import save_real_like
+
+    path = save_real_like(tmp_path / family, family)
+    tok = AutoTokenizer.from_pretrained(path)
+    windows, wbytes = build_windows(tok, DOCS["en"], seq_len=512, max_sequences=None)
+    expected = [] if bos else [tok.eos_token_id]
+    for d in DOCS["en"]:
+        expected += ([tok.bos_token_id] if bos else []) + tok(d, add_special_tokens=False)["input_ids"]
+        expected += [tok.eos_token_id]
+    assert windows == [expected]
+    assert sum(map(sum, wbytes)) == sum(len(d.encode()) for d in DOCS["en"])
+    res = evaluate_perplexity(str(path), None, _files(tmp_path), seq_len=512, max_sequences=None)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path).float()  # bf16 checkpoint: the hand computation in fp32
+    assert res["en"]["tokens"] == len(expected) - 1
+    assert res["en"]["loss"] == pytest.approx(_hand_nll(model, expected)[0] / (len(expected) - 1), rel=0.05)
+
+
+def test_eval_loads_in_the_checkpoints_dtype(tmp_path):
+    from tiny_models import save_real_like
+
+    from elo_lightning.evaluation.perplexity import _load
+
+    path = save_real_like(tmp_path / "m", "llama")
+    assert _load(str(path), None, None)[0].dtype == torch.bfloat16  # default: the checkpoint's own
+    assert _load(str(path), None, "float32")[0].dtype == torch.float32

@@ -6,13 +6,13 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from elo_lightning.flops import (
-    LORA_TARGETS,
     analytic_train_flops_per_token,
     arch_shape,
     count_parameters,
     equivalent_seq_len,
     measure_train_flops,
 )
+from elo_lightning.models import PROJECTIONS
 
 MODELS = Path(__file__).resolve().parents[1] / "configs" / "models"
 REAL = {
@@ -138,7 +138,7 @@ def build_elo():
 def build_lora():
     from peft import LoraConfig, get_peft_model
 
-    return get_peft_model(LlamaForCausalLM(tiny()), LoraConfig(r=R, lora_alpha=16, target_modules=list(LORA_TARGETS)))
+    return get_peft_model(LlamaForCausalLM(tiny()), LoraConfig(r=R, lora_alpha=16, target_modules=list(PROJECTIONS)))
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import json
 import lightning as L
 import pytest
 import torch
+from tiny_models import RandomTokens, tiny_model
 from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM
 
@@ -13,8 +14,6 @@ from elo_lightning.errors import ELOError
 from elo_lightning.modules import AlignmentModule, DetachedLayerModule, FreezeTuningModule, LoRAModule
 from elo_lightning.optim import OptimizerConfig
 from elo_lightning.surgery import attach, load_detached, read_manifest
-
-from tiny_models import RandomTokens, tiny_model
 
 OPTIM = OptimizerConfig(name="adamw", lr=1e-2)
 
@@ -125,3 +124,77 @@ def test_export_on_request_every_n_steps(source, tmp_path):
     small, manifest = load_detached(tmp_path / "exports" / "step-4")
     assert manifest.layers == [0, 5]
     assert not changed(small, module.model)
+
+
+# -- the stage registry ---------------------------------------------------------------------------------------
+
+def test_registry_names_every_stage_once_with_its_module_and_flop_kind(source):
+    from elo_lightning.flops import FLOP_KINDS
+    from elo_lightning.modules import BENCH_METHODS, STAGES, FullFineTuningModule, SFTModule
+
+    assert set(STAGES) == {"elo", "freeze", "lora", "fft", "align", "sft"}
+    assert set(BENCH_METHODS) == {"elo", "freeze", "lora", "fft"}
+    assert all(s.flop_kind in FLOP_KINDS for s in STAGES.values())
+    for name, entry in STAGES.items():  # each module reports the registry name it is listed under
+        extra = {"detached": "somewhere"} if name == "align" else {}
+        assert entry.module(model=str(source), **extra).stage == name
+    assert STAGES["fft"].module is STAGES["align"].module is FullFineTuningModule is AlignmentModule
+    assert issubclass(SFTModule, FullFineTuningModule) and FullFineTuningModule(model=str(source)).stage == "fft"
+
+
+def test_detached_manifest_is_derived_and_survives_a_meta_build(source):
+    module = DetachedLayerModule(model=str(source), layers="2,-1", train_norm=True)
+    module.configure_model()
+    before = module.manifest
+    assert before.layers == [1, 5] and before.fingerprint and before.trained["norm"] is True
+    module.build_model(device="meta")  # FLOP counting builds a weightless copy: it must not change the manifest
+    assert module.manifest == before
+    from elo_lightning.surgery import fingerprint
+
+    assert before.fingerprint == fingerprint(AutoModelForCausalLM.from_pretrained(source))
+
+
+# -- validation by language -----------------------------------------------------------------------------------
+
+class _Validate(L.LightningDataModule):
+    def __init__(self, batches):
+        super().__init__()
+        self.batches, self.val_languages = batches, ["ko", "en"]
+
+    def val_dataloader(self):  # each item is a ready batch
+        return DataLoader(self.batches, batch_size=None)
+
+
+def _val_loss_keys(source, batches):
+    module = AlignmentModule(model=str(source), optimizer=OPTIM)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    (metrics,) = trainer.validate(module, datamodule=_Validate(batches))
+    return {k for k in metrics if k.endswith("/loss")}
+
+
+def test_validation_is_logged_under_the_language_the_batch_carries(source):
+    rows = RandomTokens(n=4)
+    batch = {"input_ids": rows.x, "labels": rows.labels}
+    assert _val_loss_keys(source, [{**batch, "language": "en"}]) == {"val/en/loss"}
+    # a merged loader (no language) is never logged under the first language's name
+    assert _val_loss_keys(source, [batch]) == {"val/all/loss"}
+
+
+def test_setup_refuses_another_models_tokenizer(tmp_path):
+    """The demo tokenizer (8192 tokens) or any tokenizer other than the model's own is refused before training;
+    allow_tokenizer_mismatch accepts a smaller foreign one."""
+    from tiny_models import real_like_tokenizer, save_real_like
+
+    model = save_real_like(tmp_path / "m", "llama")
+    other = tmp_path / "other"
+    real_like_tokenizer("template", extra_tokens=5).save_pretrained(other)
+    trainer = L.Trainer(logger=False, enable_checkpointing=False)
+    cases = (("configs/tokenizer", True, "vocabulary has 512"), (str(other), False, "not the model"))
+    for tok, allow, message in cases:
+        module = DetachedLayerModule(model=str(model), tokenizer=tok, allow_tokenizer_mismatch=allow)
+        module.trainer = trainer
+        with pytest.raises(ELOError, match=message):
+            module.setup("fit")
+    module = DetachedLayerModule(model=str(model), tokenizer=str(other), allow_tokenizer_mismatch=True)
+    module.trainer = trainer
+    module.setup("fit")

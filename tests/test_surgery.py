@@ -2,12 +2,11 @@ import copy
 
 import pytest
 import torch
+from tiny_models import tiny_model
 from transformers import AutoModelForCausalLM
 
 from elo_lightning.errors import ELOError
 from elo_lightning.surgery import attach, detach, load_detached, parse_layers, save_detached
-
-from tiny_models import tiny_model
 
 
 def same_state(a, b) -> bool:
@@ -15,7 +14,9 @@ def same_state(a, b) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-@pytest.mark.parametrize("spec,expected", [("1,-1", [0, 5]), ("1,3,6", [0, 2, 5]), ([6, 1], [0, 5]), ("-6", [0]), (3, [2])])
+@pytest.mark.parametrize(
+    "spec,expected", [("1,-1", [0, 5]), ("1,3,6", [0, 2, 5]), ([6, 1], [0, 5]), ("-6", [0]), (3, [2])]
+)
 def test_parse_layers(spec, expected):
     assert parse_layers(spec, 6) == expected
 
@@ -144,3 +145,140 @@ def test_attach_refuses_another_model():
         attach(tiny_model("llama", seed=1), small, manifest)
     with pytest.raises(ELOError, match="different model"):
         attach(tiny_model("qwen2-tied"), small, manifest)
+
+
+# --- real-like checkpoints: load only what the detached model keeps, in the dtype asked for ---------------
+
+
+def test_detach_from_checkpoint_reads_only_what_it_keeps(tmp_path, family, monkeypatch):
+    """Built from the config + embedding/λ/norm/head read by name: same tensors, manifest and logits as cutting
+    the fully loaded model, and no middle layer is ever read."""
+    from tiny_models import save_real_like
+
+    import elo_lightning.models as models
+    from elo_lightning.surgery import detach_from_checkpoint
+
+    path = save_real_like(tmp_path / "src", family, perturb=0.02)
+    requested = []
+    real_read = models.read_tensors
+
+    def recording_read(files, names, dtype=None):
+        requested.extend(names.values())
+        return real_read(files, names, dtype)
+
+    monkeypatch.setattr("elo_lightning.surgery.read_tensors", recording_read)
+    lazy, manifest = detach_from_checkpoint(path, "1,-1", dtype=torch.float32)
+    full = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    cut, expected = detach(full, "1,-1")
+    assert manifest == expected
+    assert same_state(lazy, cut) and lazy.dtype == torch.float32
+    assert not any(f"layers.{i}." in n for n in requested for i in range(1, 5)), "a middle layer was read"
+    x = torch.randint(0, 262, (1, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(lazy.eval()(x).logits, cut.eval()(x).logits, rtol=0, atol=0)
+    assert lazy.generation_config.eos_token_id == [2, 5]
+    # "auto" keeps the checkpoint's bf16; a bad layer spec fails before any weight is read
+    assert detach_from_checkpoint(path, "1,-1", dtype="auto")[0].dtype == torch.bfloat16
+    requested.clear()
+    with pytest.raises(ELOError, match="out of range"):
+        detach_from_checkpoint(path, "1,7")
+    assert requested == []
+
+
+def test_elo_module_builds_without_loading_the_full_model(tmp_path, monkeypatch):
+    from tiny_models import save_real_like
+
+    from elo_lightning.modules import DetachedLayerModule
+
+    path = save_real_like(tmp_path / "src", "llama", perturb=0.02)
+
+    def no_full_load(*a, **k):
+        raise AssertionError("the full model was loaded")
+
+    monkeypatch.setattr("elo_lightning.modules.detached.load_causal_lm", no_full_load)
+    module = DetachedLayerModule(model=str(path), layers="1,-1")
+    small = module.build_model()
+    assert small.config.num_hidden_layers == 2 and small.dtype == torch.get_default_dtype()
+    assert [n for n, p in small.named_parameters() if p.requires_grad] == [
+        n for n, _ in small.named_parameters() if n.startswith("model.layers.")]
+
+
+def test_attach_checks_the_source_before_loading_it(tmp_path):
+    from tiny_models import save_real_like
+
+    from elo_lightning.surgery import check_source, checkpoint_fingerprint, detach_from_checkpoint
+
+    a = save_real_like(tmp_path / "a", "llama", seed=0, perturb=0.02)
+    b = save_real_like(tmp_path / "b", "llama", seed=1, perturb=0.02)
+    _, manifest = detach_from_checkpoint(a, "1,-1")
+    loaded = detach(AutoModelForCausalLM.from_pretrained(a), "1,-1")[1]
+    assert checkpoint_fingerprint(a) == manifest.fingerprint == loaded.fingerprint
+    check_source(a, manifest)
+    with pytest.raises(ELOError, match="fingerprint differs"):
+        check_source(b, manifest)
+
+
+def test_rounding_by_attach_is_counted(tmp_path):
+    from tiny_models import save_real_like
+
+    from elo_lightning.surgery import detach_from_checkpoint, rounded_by_attach
+
+    path = save_real_like(tmp_path / "src", "llama", perturb=0.02)
+    small, manifest = detach_from_checkpoint(path, "1,-1", dtype=torch.float32)
+    full = AutoModelForCausalLM.from_pretrained(path)  # bf16
+    assert rounded_by_attach(full, small, manifest) == []  # untrained: bf16 values, exact in fp32 and back
+    with torch.no_grad():
+        small.model.layers[0].mlp.up_proj.weight.add_(1e-6)  # an fp32 update below bf16 resolution
+    assert rounded_by_attach(full, small, manifest) == ["layers.0.mlp.up_proj.weight"]
+    assert rounded_by_attach(full.float(), small, manifest) == []
+
+
+def test_detach_attach_commands_keep_the_source_dtype(tmp_path, capsys):
+    """Default flags: a bf16 checkpoint detaches to bf16 and attaches back bit-exactly in bf16 (README's claim);
+    an fp32 ELO output written into the bf16 model says how many tensors rounding changed; --dtype float32 keeps
+    them."""
+    from safetensors import safe_open
+    from tiny_models import save_real_like
+
+    from elo_lightning.cli import main
+    from elo_lightning.surgery import load_detached, save_detached
+
+    src = save_real_like(tmp_path / "src", "llama", perturb=0.02)
+    main(["detach", "--model", str(src), "--layers", "1,-1", "--output", str(tmp_path / "elo")])
+    main(["attach", "--model", str(src), "--detached", str(tmp_path / "elo"), "--output", str(tmp_path / "back")])
+    for d in ("elo", "back"):
+        with safe_open(tmp_path / d / "model.safetensors", framework="pt") as f:
+            assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}, d
+    src_model = AutoModelForCausalLM.from_pretrained(src)
+    assert same_state(AutoModelForCausalLM.from_pretrained(tmp_path / "back"), src_model)
+    assert "note:" not in capsys.readouterr().out
+    small, manifest = load_detached(tmp_path / "elo", dtype=torch.float32)  # "trained" in fp32
+    with torch.no_grad():
+        small.model.layers[1].mlp.down_proj.weight.add_(1e-6)
+    save_detached(small, manifest, tmp_path / "elo32")
+    main(["attach", "--model", str(src), "--detached", str(tmp_path / "elo32"), "--output", str(tmp_path / "b16")])
+    note = "note: 1 of 18 attached tensors changed when rounded from torch.float32 to torch.bfloat16"
+    assert note in capsys.readouterr().out
+    main(["attach", "--model", str(src), "--detached", str(tmp_path / "elo32"), "--output", str(tmp_path / "b32"),
+          "--dtype", "float32"])
+    assert "note:" not in capsys.readouterr().out
+    kept = AutoModelForCausalLM.from_pretrained(tmp_path / "b32", dtype=torch.float32)
+    assert torch.equal(kept.model.layers[-1].mlp.down_proj.weight, small.model.layers[1].mlp.down_proj.weight)
+
+
+def test_attach_command_refuses_another_model_before_loading_it(tmp_path, monkeypatch):
+    from tiny_models import save_real_like
+
+    from elo_lightning.cli import main
+
+    a = save_real_like(tmp_path / "a", "llama", seed=0, perturb=0.02)
+    b = save_real_like(tmp_path / "b", "llama", seed=1, perturb=0.02)
+    main(["detach", "--model", str(a), "--layers", "1,-1", "--output", str(tmp_path / "elo")])
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the full model was loaded")
+
+    monkeypatch.setattr("elo_lightning.surgery.load_causal_lm", no_load)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["attach", "--model", str(b), "--detached", str(tmp_path / "elo"), "--output", str(tmp_path / "x")])
+    assert exit_info.value.code == 2

@@ -82,6 +82,8 @@ def test_exact_tokens_per_s_and_warmup_excluded(tmp_path):
     assert s["step_time_s"] == pytest.approx(MICRO_T)
     assert s["mfu"] == pytest.approx(0.4)
     assert s["peak_mem_gb"] > 0 and s["device"] == "cpu"
+    assert s["settings"] == {"strategy": "SingleDeviceStrategy", "precision": "32-true", "optimizer": "torch.SGD",
+                             "activation_checkpointing": False}
     lines = (tmp_path / "throughput.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [3, 4, 5]
     rows = list(csv.DictReader(open(tmp_path / "throughput.csv")))

@@ -48,3 +48,71 @@ class RandomTokens(Dataset):
 
     def __getitem__(self, i):
         return {"input_ids": self.x[i], "labels": self.labels[i]}
+
+
+# --- tiny models built to look like real checkpoints ------------------------------------------------------
+# Real checkpoints differ from the toy models above in ways that change results: bf16 weights (config dtype
+# bfloat16), a tokenizer that adds BOS (Llama-3 through its post-processor, Gemma through ``add_bos_token``;
+# Qwen2 adds none), several end-of-sequence ids in generation_config.json (Llama-3.1: <|end_of_text|>,
+# <|eot_id|>) and a chat template. ``save_real_like`` writes such a directory.
+
+PAD, BOS, EOS, USER, ASSISTANT, EOT = "<pad>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|eot|>"
+REAL_SPECIALS = [PAD, BOS, EOS, USER, ASSISTANT, EOT]  # ids 0..5
+REAL_EOS_IDS = [2, 5]  # </s> and <|eot|>
+REAL_CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] + '<|eot|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+# How each family's real tokenizer adds BOS: "template" (Llama-3: TemplateProcessing in tokenizer.json),
+# "flag" (Gemma: add_bos_token in tokenizer_config.json), None (Qwen2: no BOS at all).
+BOS_STYLE = {"llama": "template", "mistral": "flag", "qwen2-tied": None, "qwen2-untied": None, "gemma3": "flag"}
+
+
+def real_like_tokenizer(bos_style: str | None = "template", extra_tokens: int = 0):
+    """A byte-level tokenizer (every UTF-8 text encodes; 6 specials + 256 bytes [+ extra merges-free tokens])."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {tok: i for i, tok in enumerate(REAL_SPECIALS + alphabet + [f"x{i}" for i in range(extra_tokens)])}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    if bos_style == "template":
+        tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B",
+                                                           special_tokens=[(BOS, 1)])
+    kwargs = {"add_bos_token": True} if bos_style == "flag" else {}
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=None if bos_style is None else BOS, eos_token=EOS,
+                                 pad_token=PAD, additional_special_tokens=[USER, ASSISTANT, EOT],
+                                 clean_up_tokenization_spaces=False, **kwargs)
+    hf.chat_template = REAL_CHAT_TEMPLATE
+    return hf
+
+
+def save_real_like(path, family: str = "llama", seed: int = 0, dtype: torch.dtype = torch.bfloat16,
+                   tokenizer: bool = True, perturb: float = 0.0):
+    """An HF directory like a converted real checkpoint: ``dtype`` weights (bf16), its tokenizer (BOS per
+    family), generation_config.json with EOS ids [2, 5] and sampling defaults, and a chat template.
+    ``perturb`` adds seeded noise to every weight (so norms differ from 1 between seeds)."""
+    from pathlib import Path
+
+    from transformers import GenerationConfig
+
+    path = Path(path)
+    model = tiny_model(family, seed=seed)
+    if perturb:
+        g = torch.Generator().manual_seed(seed + 1000)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * perturb)
+    model = model.to(dtype)
+    bos = BOS_STYLE[family] is not None
+    model.config.bos_token_id = 1 if bos else None
+    model.config.eos_token_id = REAL_EOS_IDS[0]
+    model.config.pad_token_id = 0
+    model.generation_config = GenerationConfig(bos_token_id=model.config.bos_token_id, eos_token_id=REAL_EOS_IDS,
+                                               pad_token_id=0, do_sample=True, temperature=0.6, top_p=0.9)
+    model.save_pretrained(path)
+    if tokenizer:
+        real_like_tokenizer(BOS_STYLE[family]).save_pretrained(path)
+    return path

@@ -28,7 +28,8 @@ Lightning's :class:`~lightning.fabric.utilities.throughput.Throughput` under ``t
      "tokens_per_s"  (total tokens / total time over measured steps, global),
      "samples_per_s", "step_time_s" (mean), "step_time_s_median", "tokens_per_step",
      "flops_per_step", "tflops_per_s" (total / total), "mfu" (or null), "peak_mem_gb" (max), "peak_flops_per_device",
-     "trainable_params", "total_params" (of the LightningModule; DTensor shards count with their global size)}
+     "trainable_params", "total_params" (of the LightningModule; DTensor shards count with their global size),
+     "settings": {"strategy", "precision", "optimizer", "activation_checkpointing"} (how the run was timed)}
 """
 
 from __future__ import annotations
@@ -68,6 +69,21 @@ _CSV_FIELDS = [
     "peak_mem_gb",
     "world_size",
 ]
+
+
+def run_settings(trainer: Any, pl_module: Any) -> dict[str, Any]:
+    """How a run was timed: strategy, precision, optimizer class and whether activations are recomputed."""
+    optimizers = getattr(trainer, "optimizers", None) or []
+    opt = type(optimizers[0]) if optimizers else None
+    modules = pl_module.modules() if isinstance(pl_module, torch.nn.Module) else []
+    checkpointing = any(getattr(m, "is_gradient_checkpointing", False) is True
+                        or type(m).__name__ == "CheckpointWrapper" for m in modules)
+    return {
+        "strategy": type(trainer.strategy).__name__ if getattr(trainer, "strategy", None) is not None else None,
+        "precision": str(getattr(trainer, "precision", None)),
+        "optimizer": f"{opt.__module__.split('.')[0]}.{opt.__name__}" if opt is not None else None,
+        "activation_checkpointing": checkpointing,
+    }
 
 
 def _peak_rss_gb() -> float | None:
@@ -218,14 +234,25 @@ class ThroughputLogger(Callback):
     def _record(self, trainer: Any, pl_module: Any, dt: float) -> None:
         if dt <= 0:
             raise RuntimeError(f"ThroughputLogger: non-positive step time {dt}; is the clock monotonic?")
-        ws = self._world
         fpb = getattr(pl_module, "flops_per_batch", None)
         step_flops_rank = float(fpb) * self._micro if fpb else None
+        rec = self._step_record(trainer, dt, step_flops_rank)
+        self.records.append(rec)
+        window = self._update_window(dt, step_flops_rank)
+        if self.progress_bar and isinstance(pl_module, LightningModule):
+            pl_module.log("tok/s", rec["tokens_per_s"], prog_bar=True, logger=False)
+            if rec["mfu"] is not None:
+                pl_module.log("mfu", rec["mfu"], prog_bar=True, logger=False)
+        if getattr(trainer, "is_global_zero", True):
+            self._write(trainer, rec, window)
+
+    def _step_record(self, trainer: Any, dt: float, step_flops_rank: float | None) -> dict[str, Any]:
+        ws = self._world
         if self._device_.type == "cuda" and torch.cuda.is_available():
             mem = torch.cuda.max_memory_allocated(self._device_) / 1024**3
         else:
             mem = _peak_rss_gb()
-        rec: dict[str, Any] = {
+        return {
             "step": int(trainer.global_step),
             "step_time_s": dt,
             "tokens": self._tokens * ws,
@@ -239,9 +266,9 @@ class ThroughputLogger(Callback):
             "peak_mem_gb": mem,
             "world_size": ws,
         }
-        self.records.append(rec)
 
-        # rolling window, Lightning's math (per-device counts in, global rates out)
+    def _update_window(self, dt: float, step_flops_rank: float | None) -> dict[str, Any]:
+        """Rolling window, Lightning's math (per-device counts in, global rates out)."""
         c = self._cum
         c["time"] += dt
         c["steps"] += 1
@@ -254,17 +281,14 @@ class ThroughputLogger(Callback):
             lengths=c["tokens"],
             flops=int(step_flops_rank) if step_flops_rank is not None else None,
         )
-        window = self._throughput.compute()
-        if self.progress_bar and isinstance(pl_module, LightningModule):
-            pl_module.log("tok/s", rec["tokens_per_s"], prog_bar=True, logger=False)
-            if rec["mfu"] is not None:
-                pl_module.log("mfu", rec["mfu"], prog_bar=True, logger=False)
+        return self._throughput.compute()
 
-        if not getattr(trainer, "is_global_zero", True):
-            return
+    def _write(self, trainer: Any, rec: dict[str, Any], window: dict[str, Any]) -> None:
+        """Rank 0: the loggers, throughput.jsonl and throughput.csv."""
         metrics = {f"throughput/{k}": float(v) for k, v in rec.items() if v is not None and k != "step"}
         metrics.update(
-            {f"throughput/window/{k}": float(v) for k, v in window.items() if k not in ("time", "batches", "samples", "lengths")}
+            {f"throughput/window/{k}": float(v) for k, v in window.items()
+             if k not in ("time", "batches", "samples", "lengths")}
         )
         for logger in getattr(trainer, "loggers", None) or []:
             logger.log_metrics(metrics, step=rec["step"])
@@ -309,6 +333,7 @@ class ThroughputLogger(Callback):
             "mfu": tflops * 1e12 / (self._peak * self._world) if (tflops is not None and self._peak) else None,
             "peak_mem_gb": max(mems) if mems else None,
             "peak_flops_per_device": self._peak,
+            "settings": run_settings(trainer, pl_module),
             **({f"{k}_params": v for k, v in count_parameters(pl_module).items()}
                if isinstance(pl_module, torch.nn.Module) else {}),
         }

@@ -93,22 +93,32 @@ def resolve_entries(entries: list[str], lang: str, what: str, default_split: str
     return out
 
 
-def _record_text(path: str, payload, text_field: str, position: int) -> str:
+def _decode(path: str, line: bytes, position: int) -> str:
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ELOError(f"{path}: invalid UTF-8 at byte {position + e.start} (record at byte {position}); "
+                       "shards must be UTF-8 text") from None
+
+
+def record_text(path: str, payload, text_field: str, position: int) -> str:
     """The document text of one raw record (a line as bytes, or a parquet cell)."""
     if path.endswith(".parquet"):
         value = payload
     elif path.endswith(".txt"):
-        return payload.decode("utf-8").rstrip("\r\n")
+        return _decode(path, payload, position).rstrip("\r\n")
     else:
+        line = _decode(path, payload, position)
         try:
-            obj = json.loads(payload)
+            obj = json.loads(line)
         except ValueError as e:
             raise ELOError(f"{path}: record at byte {position} is not valid JSON ({e})") from None
         if not isinstance(obj, dict) or text_field not in obj:
             raise ELOError(f"{path}: record at byte {position} lacks the text field {text_field!r}")
         value = obj[text_field]
     if not isinstance(value, str):
-        raise ELOError(f"{path}: record at {position} has a non-string text field {text_field!r}: {value!r:.60}")
+        where = f"row {position}" if path.endswith(".parquet") else f"record at byte {position}"
+        raise ELOError(f"{path}: {where} has a non-string text field {text_field!r}: {value!r:.60}")
     return value
 
 
@@ -151,7 +161,7 @@ class ShardReader:
             yield from iter_records(path, position)
 
     def text(self, path: str, payload, position: int) -> str:
-        return _record_text(path, payload, self.text_field, position)
+        return record_text(path, payload, self.text_field, position)
 
     def text_at(self, path: str, position: int) -> str:
         for pos, _, payload in self.records(path, position):
@@ -178,7 +188,7 @@ def check_shard(path: str, text_field: str, lang: str) -> None:
         return
     for pos, _, payload in iter_records(path):
         try:
-            _record_text(path, payload, text_field, pos)
+            record_text(path, payload, text_field, pos)
         except ELOError as e:
             raise ELOError(f"language {lang!r}: first record of shard {path!r} is unusable: {e}") from None
         return

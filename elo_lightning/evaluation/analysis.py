@@ -12,12 +12,14 @@ Results JSON (``runs/pipeline/results.json``)::
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-MODEL_ORDER = ("base", "elo", "elo_pretrain", "elo_aligned", "fft", "lora", "chat_vector", "sft")
+from elo_lightning.errors import ELOError
+from elo_lightning.io import read_json
+
+MODEL_ORDER = ("base", "elo", "elo_pretrain", "elo_aligned", "fft", "lora", "chat_vector", "sft", "elo_sft", "fft_sft")
 
 
 def find_runs(roots: list[str | Path] | str | Path) -> dict[str, Path]:
@@ -109,14 +111,16 @@ def plot_loss_curves(rows: list[dict[str, Any]], metric: str = "loss", logy: boo
 
 def load_results(path: str | Path) -> dict[str, dict[str, dict[str, float]]]:
     """``{"models": {...}}`` -> ``{model: {lang: metrics}}``; validates the schema."""
-    data = json.loads(Path(path).read_text())
+    data = read_json(path, "pipeline results.json")
     models = data.get("models") if isinstance(data, dict) else None
     if not isinstance(models, dict):
-        raise ValueError(f"{path}: expected {{'models': {{name: {{lang: {{'perplexity': ...}}}}}}}}")
+        raise ELOError(f"{path}: expected {{'models': {{name: {{lang: {{'perplexity': ...}}}}}}}}")
     return models
 
 
-def perplexity_table(models: dict[str, dict[str, dict[str, float]]], metric: str = "perplexity") -> dict[str, dict[str, float]]:
+def perplexity_table(
+    models: dict[str, dict[str, dict[str, float]]], metric: str = "perplexity"
+) -> dict[str, dict[str, float]]:
     """``{model: {lang: value}}`` ordered base -> ELO -> FFT -> LoRA -> SFT (unknown models last)."""
     order = sorted(models, key=lambda m: (MODEL_ORDER.index(m) if m in MODEL_ORDER else len(MODEL_ORDER), m))
     return {m: {lang: v[metric] for lang, v in models[m].items() if isinstance(v, dict) and metric in v} for m in order}

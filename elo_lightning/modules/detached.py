@@ -4,12 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from elo_lightning.export import export_hf, stage_manifest
-from elo_lightning.models import load_causal_lm, load_config
+from elo_lightning.io import MANIFEST
+from elo_lightning.models import load_causal_lm, load_config, resolve_dtype, weight_files
 from elo_lightning.modules.base import CausalLMModule
-from elo_lightning.surgery import MANIFEST, DetachManifest, detach, load_detached, read_manifest
+from elo_lightning.surgery import (
+    DetachManifest,
+    detach,
+    detach_from_checkpoint,
+    detach_manifest,
+    load_detached,
+    parse_layers,
+    read_manifest,
+)
 
 
 class DetachedLayerModule(CausalLMModule):
@@ -34,45 +44,68 @@ class DetachedLayerModule(CausalLMModule):
         """
         super().__init__(model=model, **kwargs)
         self.save_hyperparameters()
-        self.manifest: DetachManifest | None = None
+        self._source_fingerprint = ""  # of the source's frozen parts, taken when the model is built with weights
 
     @property
     def from_detached(self) -> bool:
         return (Path(self.source) / MANIFEST).is_file()
 
-    def build_model(self, device: str = "cpu") -> PreTrainedModel:
+    @property
+    def manifest(self) -> DetachManifest:
+        """What the export is: which layers of which source, and what was trained; derived from the arguments.
+
+        The source fingerprint is known only where the model was built with weights (rank 0 under sharding,
+        the rank that writes the export); elsewhere it is empty.
+        """
         if self.from_detached:
             manifest = read_manifest(self.source)
-            if device == "meta":
-                import torch
-
-                with torch.device("meta"):
-                    small = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(self.source))
-            else:
-                small, manifest = load_detached(self.source)
         else:
-            full = load_causal_lm(self.source, seed=self.hparams.seed, device=device)
-            small, manifest = detach(full, self.hparams.layers, copy_weights=False)
-            del full
+            config = load_config(self.source)
+            indices = parse_layers(self.hparams.layers, config.num_hidden_layers)
+            manifest = detach_manifest(config, indices, self._source_fingerprint)
         manifest.trained.update(
             embed_tokens=self.hparams.train_embeddings, norm=self.hparams.train_norm, lm_head=self.hparams.train_head
         )
+        return manifest
+
+    def build_model(self, device: str = "cpu") -> PreTrainedModel:
+        small = self._load_small(device)
         small.requires_grad_(False)
         small.model.layers.requires_grad_(True)
         small.get_input_embeddings().requires_grad_(self.hparams.train_embeddings)
         small.model.norm.requires_grad_(self.hparams.train_norm)
         if self.hparams.train_head or not small.config.tie_word_embeddings:
             small.lm_head.requires_grad_(self.hparams.train_head)
-        if device != "meta":
-            self.manifest = manifest
         return small
 
-    def config_source(self) -> str:
-        return self.source
+    def _load_small(self, device: str) -> PreTrainedModel:
+        if self.from_detached:
+            if device == "meta":
+                with torch.device("meta"):
+                    return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(self.source))
+            return load_detached(self.source, dtype=resolve_dtype(None))[0]  # the training dtype
+        if device != "meta" and weight_files(self.source) is not None:
+            # Only what ELO trains on is read: embedding, λ, final norm, head (by name, memory-mapped, in the
+            # training dtype); the middle layers are never loaded. Each DDP rank holds the small model only
+            # (the shards' pages are shared through the page cache).
+            small, manifest = detach_from_checkpoint(self.source, self.hparams.layers, dtype=resolve_dtype(None))
+        else:  # an architecture .json (seeded random init of the full model), a hub id, a .bin checkpoint
+            full = load_causal_lm(self.source, seed=self.hparams.seed, device=device)
+            small, manifest = detach(full, self.hparams.layers, copy_weights=False)
+        if device != "meta":  # a meta build (FLOP counting, sharded non-zero ranks) has no weights to hash
+            self._source_fingerprint = manifest.fingerprint
+        return small
+
+    def check_inputs(self) -> None:
+        if self.from_detached:
+            read_manifest(self.source)
+            load_config(self.source)
+        else:
+            parse_layers(self.hparams.layers, load_config(self.source).num_hidden_layers)
 
     def export(self, output_dir: str | Path) -> Path:
         """A detached checkpoint: HF directory + ``elo_manifest.json`` that ``attach`` checks against the source."""
-        meta = stage_manifest(self, layers_1based=self.manifest.layers_1based)
-        return export_hf(
-            self.model, output_dir, meta, tokenizer=self.tokenizer(), extra_json={MANIFEST: self.manifest.to_json()}
-        )
+        manifest = self.manifest
+        meta = stage_manifest(self, layers_1based=manifest.layers_1based)
+        return export_hf(self.model, output_dir, meta, tokenizer=self.tokenizer(),
+                         extra_json={MANIFEST: manifest.to_json(), **self.data_exports()}, **self.export_guard())

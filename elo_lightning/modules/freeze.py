@@ -1,4 +1,5 @@
-"""Freeze-tuning baseline (EEVE / LLaMA-Factory style): λ trainable inside the full model, the rest frozen but computed."""
+"""Freeze-tuning baseline (EEVE / LLaMA-Factory style): λ trainable inside the full model, the rest frozen but
+computed."""
 
 from __future__ import annotations
 

@@ -8,10 +8,8 @@ from peft import LoraConfig, get_peft_model
 from transformers import PreTrainedModel
 
 from elo_lightning.export import export_hf, stage_manifest
-from elo_lightning.models import load_causal_lm
+from elo_lightning.models import PROJECTIONS, load_causal_lm
 from elo_lightning.modules.base import CausalLMModule
-
-ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 class LoRAModule(CausalLMModule):
@@ -43,7 +41,7 @@ class LoRAModule(CausalLMModule):
             r=self.hparams.r,
             lora_alpha=self.hparams.alpha,
             lora_dropout=self.hparams.dropout,
-            target_modules=self.hparams.target_modules or ALL_PROJECTIONS,
+            target_modules=self.hparams.target_modules or list(PROJECTIONS),
             task_type="CAUSAL_LM",
         )
         return get_peft_model(base, config)
@@ -51,4 +49,5 @@ class LoRAModule(CausalLMModule):
     def export(self, output_dir: str | Path) -> Path:
         """Merged weights: a plain HF model that needs no peft to load (the adapters are folded in)."""
         merged = self.model.merge_and_unload()
-        return export_hf(merged, output_dir, stage_manifest(self, merged=True), tokenizer=self.tokenizer())
+        return export_hf(merged, output_dir, stage_manifest(self, merged=True), tokenizer=self.tokenizer(),
+                         extra_json=self.data_exports(), **self.export_guard())

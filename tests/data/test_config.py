@@ -31,3 +31,6 @@ def test_jsonargparse_builds_from_yaml(tmp_path):
     assert dm.weights == {"en": 0.1, "ko": 0.9} and dm.val_languages == ["en"]
     batch = next(iter(dm.train_dataloader()))
     assert batch["input_ids"].shape == (2, 64)
+    dm.setup("validate")
+    (val,) = dm.val_dataloader()
+    assert next(iter(val))["language"] == "en"  # validation batches carry their language

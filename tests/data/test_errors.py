@@ -105,6 +105,7 @@ def test_validation_loaders(make_dm):
     (loader,) = dm.val_dataloader()
     batches = list(loader)
     assert [b["input_ids"].shape[0] for b in batches] == [4, 4, 2]
-    assert all(b["input_ids"].shape[1] == 64 and set(b) == {"input_ids", "labels"} for b in batches)
+    assert all(b["input_ids"].shape[1] == 64 and set(b) == {"input_ids", "labels", "language"} for b in batches)
+    assert {b["language"] for b in batches} == {"ko"}  # each validation batch names its language
     again = [b["input_ids"] for b in dm.val_dataloader()[0]]
     assert all((a == b["input_ids"]).all() for a, b in zip(again, batches))  # not shuffled

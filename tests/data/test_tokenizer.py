@@ -73,3 +73,31 @@ def test_train_tokenizer_is_deterministic(tmp_path):
     train_tokenizer([str(f)], 600, str(tmp_path / "b"))
     assert len(a) == 600
     assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (tmp_path / "b" / "tokenizer.json").read_bytes()
+
+
+def test_check_tokenizer_refuses_another_models_tokenizer(tmp_path):
+    """A tokenizer smaller than the vocabulary used to pass; with the model's own tokenizer at hand, anything
+    else is refused (unless explicitly allowed), a copy of the model's own is accepted."""
+    from tiny_models import real_like_tokenizer, save_real_like
+    from transformers import AutoTokenizer
+
+    from elo_lightning.errors import ELOError
+    from elo_lightning.tokenizer import check_tokenizer
+
+    model = save_real_like(tmp_path / "model", "llama")  # vocabulary 512, its tokenizer 262 tokens, adds BOS
+    other = tmp_path / "other"
+    real_like_tokenizer("template", extra_tokens=10).save_pretrained(other)  # 272 tokens: fits the vocabulary
+    no_bos = tmp_path / "no_bos"
+    real_like_tokenizer(None).save_pretrained(no_bos)  # same vocabulary, no BOS
+    copy = tmp_path / "copy"
+    AutoTokenizer.from_pretrained(model).save_pretrained(copy)
+    for bad, why in ((other, "vocabulary differs"), (no_bos, "special tokens differ")):
+        with pytest.raises(ELOError, match=why):
+            check_tokenizer(AutoTokenizer.from_pretrained(bad), str(model), 512)
+        check_tokenizer(AutoTokenizer.from_pretrained(bad), str(model), 512, allow_mismatch=True)
+    check_tokenizer(AutoTokenizer.from_pretrained(copy), str(model), 512)
+    with pytest.raises(ELOError, match="vocabulary has 512"):  # too large is refused even when allowed
+        check_tokenizer(AutoTokenizer.from_pretrained(TOKENIZER), str(model), 512, allow_mismatch=True)
+    bare = tmp_path / "bare"  # a model directory without a tokenizer: only the size can be checked
+    save_real_like(bare, "llama", tokenizer=False)
+    check_tokenizer(AutoTokenizer.from_pretrained(other), str(bare), 512)

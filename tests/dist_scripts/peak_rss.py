@@ -3,6 +3,10 @@
     python -m torch.distributed.run --nproc_per_node 2 tests/dist_scripts/peak_rss.py MODEL.json OUT.json fsdp2
     python tests/dist_scripts/peak_rss.py MODEL.json OUT.json single
 Each stage runs in a fresh process (ru_maxrss only grows): pass STAGE as the 4th argument.
+
+ELO start-up only (building the DetachedLayerModule's model from a saved HF directory, nothing trained):
+    python tests/dist_scripts/peak_rss.py MODEL_DIR OUT.json elo-startup lazy   # config + λ/embedding/head read
+    python tests/dist_scripts/peak_rss.py MODEL_DIR OUT.json elo-startup full   # the old path: load all, then cut
 Besides the process' peak RSS (imports dominate it on a small model) it records the bytes of parameters and
 optimizer state this rank holds (local shards of DTensors): the part sharding divides.
 """
@@ -19,7 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
-
 from worker import RandomTokens, make_module, trainer  # noqa: E402
 
 
@@ -36,8 +39,34 @@ def local_mb(tensors) -> float:
     return round(total / 2**20, 1)
 
 
+def elo_startup(model: str, out: str, how: str) -> None:
+    """Peak RSS of building the ELO detached model in the training dtype (the default, fp32 here)."""
+    from elo_lightning.models import load_causal_lm
+    from elo_lightning.modules import DetachedLayerModule
+    from elo_lightning.surgery import detach
+
+    base = rss_mb()
+    if how == "full":  # what DetachedLayerModule.build_model did before: the whole model, then the cut
+        full = load_causal_lm(model)
+        small, _ = detach(full, "1,-1", copy_weights=False)
+        del full
+    else:
+        small = DetachedLayerModule(model=model, layers="1,-1").build_model()
+    built = round(rss_mb(), 1)
+    for t in [*small.parameters(), *small.buffers()]:  # training reads every weight: memory-mapped pages load now
+        t.detach().float().sum()
+    res = {"how": how, "model": model, "peak_rss_mb": round(rss_mb(), 1), "peak_rss_built_mb": built,
+           "after_imports_mb": round(base, 1),
+           "detached_params": sum(p.numel() for p in small.parameters()),
+           "detached_mb": local_mb(small.parameters()), "dtype": str(small.dtype)}
+    with open(out, "a") as f:
+        f.write(json.dumps(res) + "\n")
+
+
 def main() -> None:
     model, out, kind, stage = sys.argv[1:5]
+    if kind == "elo-startup":
+        return elo_startup(model, out, stage)
     base = rss_mb()
     rank, ws = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     module = make_module(stage, model)

@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO / "tests"))
 import lightning as L  # noqa: E402
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint  # noqa: E402
 from lightning.pytorch.strategies import DDPStrategy  # noqa: E402
+from tiny_models import RandomTokens  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from elo_lightning.checkpoint import AtomicCheckpointIO, AtomicModelParallelStrategy, is_complete, latest_checkpoint  # noqa: E402
@@ -34,7 +35,6 @@ from elo_lightning.errors import ELOError  # noqa: E402
 from elo_lightning.modules import AlignmentModule, DetachedLayerModule, FreezeTuningModule, LoRAModule, SFTModule  # noqa: E402
 from elo_lightning.optim import OptimizerConfig  # noqa: E402
 from elo_lightning.sharding import ShardingConfig  # noqa: E402
-from tiny_models import RandomTokens  # noqa: E402
 
 LR = 1e-3
 
@@ -260,7 +260,8 @@ def sc_world1(spec, kind) -> dict:
     ckpt = spec["checkpoint"]
     rec = Record()
     t = trainer(kind, 3, [rec])
-    t.fit(make_module("elo", spec["source_8k"]), train_dataloaders=DataLoader(RandomTokens(n=24, vocab=8192), batch_size=4),
+    t.fit(make_module("elo", spec["source_8k"]),
+          train_dataloaders=DataLoader(RandomTokens(n=24, vocab=8192), batch_size=4),
           ckpt_path=ckpt)
     out = {"weights_hash_at_start": rec.start_hash, "global_step": t.global_step, "losses": rec.losses}
     try:
