@@ -15,6 +15,7 @@ from jsonargparse import auto_cli
 from elo_lightning.bench import bench, figure_cmd, from_runs, linear_ce_memory
 from elo_lightning.chat_vector import chat_vector_cmd
 from elo_lightning.checkpoint import consolidate_cmd
+from elo_lightning.convert import convert_gguf
 from elo_lightning.data.check import check_data
 from elo_lightning.errors import user_message
 from elo_lightning.evaluation import judge
@@ -23,6 +24,7 @@ from elo_lightning.lightning_cli import LIGHTNING_COMMANDS, lightning_help, run_
 from elo_lightning.models import init_cmd
 from elo_lightning.pipeline import pipeline
 from elo_lightning.quiet import silence_known_noise
+from elo_lightning.reproduce import reproduce
 from elo_lightning.surgery import attach_cmd, detach_cmd
 
 COMMANDS = {
@@ -40,6 +42,8 @@ COMMANDS = {
     "figure": figure_cmd,
     "bench-memory": linear_ce_memory,
     "check-data": check_data,
+    "convert-gguf": convert_gguf,
+    "reproduce": reproduce,
 }
 
 
