@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
-from tiny_models import RandomTokens, tiny_model
-from torch.utils.data import DataLoader
+from tiny_models import fit_losses, tiny_model
 
 from elo_lightning.errors import ELOError
 from elo_lightning.models import check_attn_implementation, init_model, load_causal_lm, load_config
@@ -61,33 +59,21 @@ def test_attn_knob_reaches_the_loaded_model_and_flash_needs_flash_attn(source):
             DetachedLayerModule(model=source, attn_implementation="flash_attention_2")
 
 
-def _losses(module, steps):
-    losses = []
-
-    class Rec(L.Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            losses.append(float(outputs["loss"]))
-
-    L.seed_everything(0, verbose=False)
-    t = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                  enable_progress_bar=False, enable_model_summary=False, callbacks=[Rec()])
-    t.fit(module, train_dataloaders=DataLoader(RandomTokens(), batch_size=4))
-    return losses
 
 
 @pytest.mark.slow
-def test_compiled_layers_train_to_the_same_losses(source, monkeypatch):
+def test_compiled_layers_train_to_the_samefit_losses(source, monkeypatch):
     """Dynamo + AOTAutograd through the knob (backend aot_eager: inductor's C++ build of the same graphs takes
     minutes on a busy 2-core CPU; it was checked to give equal losses too)."""
     import functools
 
     torch._dynamo.reset()
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
-    plain = _losses(DetachedLayerModule(model=source, optimizer=OptimizerConfig(name="adamw", lr=1e-2),
+    plain = fit_losses(DetachedLayerModule(model=source, optimizer=OptimizerConfig(name="adamw", lr=1e-2),
                                         measure_flops=False), 3)
     compiled_module = DetachedLayerModule(model=source, optimizer=OptimizerConfig(name="adamw", lr=1e-2),
                                           measure_flops=False, compile=True)
-    compiled = _losses(compiled_module, 3)
+    compiled = fit_losses(compiled_module, 3)
     layer = compiled_module.model.model.layers[0]
     assert hasattr(layer.forward, "_torchdynamo_orig_callable") or "compile" in type(layer.forward).__module__
     assert compiled == pytest.approx(plain, rel=1e-4, abs=1e-5)

@@ -3,13 +3,11 @@ one chunk of logits, counts the same FLOPs, and is the stage modules' default.""
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_models import RandomTokens, tiny_model
+from tiny_models import RandomTokens, fit_losses, tiny_model
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.data import DataLoader
 
 from elo_lightning.errors import ELOError
 from elo_lightning.losses import (
@@ -184,18 +182,6 @@ def test_switch_choices_and_resolution():
     assert default_chunk_tokens(10**9) == 1
 
 
-def _fit_losses(module, steps=3):
-    losses = []
-
-    class Rec(L.Callback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            losses.append(float(outputs["loss"]))
-
-    L.seed_everything(0, verbose=False)
-    t = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                  enable_progress_bar=False, enable_model_summary=False, callbacks=[Rec()])
-    t.fit(module, train_dataloaders=DataLoader(RandomTokens(masked=True), batch_size=4))
-    return losses, module
 
 
 @pytest.fixture(scope="module")
@@ -213,8 +199,10 @@ def test_stage_default_is_the_chunked_loss_and_trains_like_the_plain_one(tied_so
     cls = {"elo": DetachedLayerModule, "fft": AlignmentModule, "lora": LoRAModule}[stage]
     extra = {"r": 4} if stage == "lora" else {}
     opt = OptimizerConfig(name="adamw", lr=1e-2)
-    default, m1 = _fit_losses(cls(model=tied_source, optimizer=opt, measure_flops=False, **extra))
-    plain, _ = _fit_losses(cls(model=tied_source, optimizer=opt, measure_flops=False, linear_ce="off", **extra))
+    m1 = cls(model=tied_source, optimizer=opt, measure_flops=False, **extra)
+    default = fit_losses(m1, dataset=RandomTokens(masked=True))
+    plain = fit_losses(cls(model=tied_source, optimizer=opt, measure_flops=False, linear_ce="off", **extra),
+                       dataset=RandomTokens(masked=True))
     assert m1._linear_ce == "chunked" and is_linear_ce_enabled(m1.model)
     assert default == pytest.approx(plain, rel=1e-5, abs=1e-6)
     assert default[0] != default[-1]

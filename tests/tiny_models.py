@@ -116,3 +116,21 @@ def save_real_like(path, family: str = "llama", seed: int = 0, dtype: torch.dtyp
     if tokenizer:
         real_like_tokenizer(BOS_STYLE[family]).save_pretrained(path)
     return path
+
+
+def fit_losses(module, steps: int = 3, dataset: Dataset | None = None) -> list[float]:
+    """Training loss of every step of a short seeded CPU fit on ``dataset`` (default ``RandomTokens()``), batch 4."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    losses: list[float] = []
+
+    class Rec(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            losses.append(float(outputs["loss"]))
+
+    L.seed_everything(0, verbose=False)
+    trainer = L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[Rec()])
+    trainer.fit(module, train_dataloaders=DataLoader(dataset or RandomTokens(), batch_size=4))
+    return losses
