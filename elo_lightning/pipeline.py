@@ -82,7 +82,9 @@ class _Run:
 
 
 def _trainer(output: Path, name: str, max_steps: int, accelerator: str, throughput: ThroughputLogger) -> L.Trainer:
-    return L.Trainer(
+    from elo_lightning.callbacks.progress import count_steps
+
+    trainer = L.Trainer(
         max_steps=max_steps,
         accelerator=accelerator,
         devices=1,
@@ -94,6 +96,8 @@ def _trainer(output: Path, name: str, max_steps: int, accelerator: str, throughp
         log_every_n_steps=5,
         enable_model_summary=False,
     )
+    count_steps(trainer)  # "Step N/max_steps", not "Epoch 0/-2"
+    return trainer
 
 
 def _train_all(run: _Run, config: str, layers: str, steps: dict[str, int]) -> None:
