@@ -146,9 +146,11 @@ def elo_arm_name(layers: list[int]) -> str:
 
 
 def plan_arms(settings: Settings, n_layers: int) -> list[dict]:
-    """The arms in run order: main λ, FFT and LoRA at equal time, the ablations, FFT at equal tokens."""
+    """The arms in run order: main λ, its alignment alone (the control), FFT and LoRA at equal time, the ablations,
+    FFT at equal tokens."""
     main = resolve_layers(settings.layers, n_layers)
     arms = [{"name": elo_arm_name(main), "kind": "elo", "layers": main, "spec": settings.layers, "main": True},
+            {"name": "align_only", "kind": "fft", "budget": "align"},
             {"name": "fft_time", "kind": "fft", "budget": "time"},
             {"name": "lora_time", "kind": "lora", "budget": "time"}]
     for spec in settings.ablations:
@@ -467,9 +469,13 @@ def run_baseline_arm(ctx: Context, arm: dict, reference: dict | None) -> dict:
             raise ELOError(f"arm {arm['name']} needs the main ELO arm ({main_arm}) to set its budget: "
                            "include it in --arms")
         ref_steps = sum(st["steps"] for st in reference["stages"].values())
+        stream = None  # from the start of the stream, as ELO
         if arm["budget"] == "time":
             budget = train_time(reference, s.time_clock)
             steps = max(20 * ref_steps, s.calibrate_steps + 2)  # upper bound until the calibration re-plans it
+        elif arm["budget"] == "align":  # the control: the main arm's alignment (steps, text) from the base model
+            budget, steps = None, reference["stages"]["align"]["steps"]
+            stream = reference["stages"]["elo"]["stream_end"]
         else:
             budget, steps = None, ref_steps
         if arm["kind"] == "lora":
@@ -479,7 +485,7 @@ def run_baseline_arm(ctx: Context, arm: dict, reference: dict | None) -> dict:
             module = AlignmentModule(model=ctx.model, tokenizer=ctx.model, optimizer=ctx.optimizer(), seed=s.seed)
         what = f"{budget:.0f} s of {s.time_clock} time" if budget else f"{steps} steps"
         ctx.log(f"[{arm['name']}] {arm['kind'].upper()} for {what}")
-        _, rec = run_training(ctx, stage_dir, module, steps, budget_s=budget)
+        _, rec = run_training(ctx, stage_dir, module, steps, stream=stream, budget_s=budget)
         rec["eval"] = evaluate(ctx, module.model)
         rec = _finish(stage_dir, rec)
     return _baseline_result(arm, rec)
@@ -492,8 +498,8 @@ def run_baseline_arm(ctx: Context, arm: dict, reference: dict | None) -> dict:
 def _label(name: str, arm: dict) -> str:
     if arm["kind"] == "elo":
         return f"λ=({', '.join(map(str, arm['layers']))}) ELO + align"
-    return {"fft_time": "FFT (same time)", "fft_tokens": "FFT (same tokens)", "lora_time": "LoRA (same time)"}.get(
-        name, name)
+    return {"fft_time": "FFT (same time)", "fft_tokens": "FFT (same tokens)", "lora_time": "LoRA (same time)",
+            "align_only": "alignment only (no ELO; control)"}.get(name, name)
 
 
 def table_rows(results: dict) -> list[dict]:
@@ -585,6 +591,14 @@ def findings(results: dict) -> list[dict]:
                     "numbers": {"with_align": bpb(main["eval"], tgt), "without_align": bpb(main["noalign_eval"], tgt),
                                 f"{en}_with_align": bpb(main["eval"], en),
                                 f"{en}_without_align": bpb(main["noalign_eval"], en)}})
+    align_only = arms.get("align_only")
+    if main and align_only:
+        out.append({"claim": "(control) the ELO phase adds to alignment: ELO + alignment beats the same alignment "
+                             "from the base model on the target",
+                    "holds": bpb(main["eval"], tgt) < bpb(align_only["eval"], tgt),
+                    "numbers": {"elo_align": bpb(main["eval"], tgt), "align_only": bpb(align_only["eval"], tgt),
+                                f"{en}_elo_align": bpb(main["eval"], en),
+                                f"{en}_align_only": bpb(align_only["eval"], en)}})
     n = results["n_layers"]
     middle = arms.get(elo_arm_name(resolve_layers("n/2,n/2+1", n)))
     if main and middle:

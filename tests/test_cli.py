@@ -28,7 +28,10 @@ def test_config_parses(config, capsys):
     assert exit_info.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["class_path"].startswith("elo_lightning.modules.")
-    assert printed["data"]["init_args"]["tokenizer"]
+    # a data tokenizer is named, or left to the model's own where the model is a directory (sft.yaml: the
+    # chat-vector output); an architecture .json carries none
+    model = str(printed["model"]["init_args"]["model"])
+    assert printed["data"]["init_args"]["tokenizer"] or not model.endswith(".json")
 
 
 def test_init_detach_attach_round_trip(tmp_path, capsys):
@@ -204,6 +207,8 @@ def test_every_stage_config_trains_two_steps_through_elo_fit(config, tmp_path, d
     model_args = yaml.safe_load(config.read_text())["model"]["init_args"]
     if not str(model_args["model"]).endswith(".json"):  # sft.yaml trains the chat-vector output: a tiny model here
         args += ["--model.init_args.model", TINY]
+        if yaml.safe_load((config.parent / "data" / "sft.yaml").read_text())["init_args"]["tokenizer"] is None:
+            args += ["--data.init_args.tokenizer", "configs/tokenizer"]  # the tiny arch carries no tokenizer
     if "detached" in model_args:
         args += ["--model.init_args.detached", str(detached_tiny)]
     if "start_after:" in config.read_text():
@@ -298,5 +303,27 @@ def test_data_tokenizer_defaults_to_the_models_own(tmp_path):
 
     made = cli(str(model))
     assert made.datamodule.tokenizer_name == str(model) and made.model.hparams.tokenizer == str(model)
+    with pytest.raises(ELOError, match="carries none"):
+        cli("configs/models/tiny-llama.json")
+
+
+def test_sft_data_tokenizer_defaults_to_the_models_own(tmp_path):
+    """SFT as pretraining: no tokenizer given (the shipped sft.yaml data configs) -> the trained model's own."""
+    import lightning as L
+    from tiny_models import save_real_like
+
+    from elo_lightning.errors import ELOError
+    from elo_lightning.lightning_cli import ELOLightningCLI
+
+    model = save_real_like(tmp_path / "m", "llama")
+
+    def cli(source):
+        return ELOLightningCLI(L.LightningModule, L.LightningDataModule, subclass_mode_model=True,
+                               subclass_mode_data=True, run=False, auto_configure_optimizers=False,
+                               args=["--model", "elo_lightning.modules.SFTModule", "--model.init_args.model", source,
+                                     "--data", "configs/cpu/data/sft.yaml", "--trainer.logger", "false"])
+
+    made = cli(str(model))
+    assert made.datamodule.tokenizer_path == str(model) and made.model.hparams.tokenizer == str(model)
     with pytest.raises(ELOError, match="carries none"):
         cli("configs/models/tiny-llama.json")

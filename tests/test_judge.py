@@ -386,3 +386,25 @@ def test_generation_stops_at_any_generation_config_eos_id(tmp_path):
     no_eos = _tiny_model(tmp_path / "m2", zero_head=True)  # token 0 is no stop token here: runs to the limit
     generate_answers(str(no_eos), str(q), str(tmp_path / "b.jsonl"), benchmark=str(cfg), max_new_tokens=6)
     assert _rows(tmp_path / "b.jsonl")[0]["generation"]["finish"] == ["length", "length"]
+
+
+def test_generation_loads_the_checkpoint_dtype_by_default(tmp_path, monkeypatch):
+    """A bf16 export is answered in bf16 (not upcast to fp32) unless the user asks; a bad dtype is one line."""
+    model_dir = tmp_path / "m"
+    _tiny_model(model_dir)
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).save_pretrained(model_dir)
+    dtypes = []
+
+    def fake_turn(model, tokenizer, messages, temperature, max_new_tokens, stop_ids, pad_id):
+        dtypes.append(next(model.parameters()).dtype)
+        return "ok", 1, "stop"
+
+    monkeypatch.setattr(judge, "_generate_turn", fake_turn)
+    q = _jsonl(tmp_path / "q.jsonl", MT_QUESTIONS[:1])
+    generate_answers(str(model_dir), str(q), str(tmp_path / "a.jsonl"))
+    generate_answers(str(model_dir), str(q), str(tmp_path / "b.jsonl"), dtype="float32")
+    assert dtypes == [torch.bfloat16] * 2 + [torch.float32] * 2
+    with pytest.raises(ELOError, match="unknown dtype"):
+        generate_answers(str(model_dir), str(q), str(tmp_path / "c.jsonl"), dtype="fp8")

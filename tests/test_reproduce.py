@@ -49,7 +49,7 @@ def test_resolve_layers_scales_the_paper_ablation_to_the_depth():
 
 def test_plan_has_every_arm_of_the_issue():
     names = [a["name"] for a in plan_arms(load_settings("cpu"), 30)]
-    assert names[:3] == ["elo_1-30", "fft_time", "lora_time"]
+    assert names[:4] == ["elo_1-30", "align_only", "fft_time", "lora_time"]
     assert {"elo_1-15-30", "elo_1-15", "elo_8-23", "elo_15-16"} <= set(names)
     gpu = [a["name"] for a in plan_arms(load_settings("gpu"), 30)]
     assert "fft_tokens" in gpu
@@ -58,7 +58,7 @@ def test_plan_has_every_arm_of_the_issue():
 def test_every_arm_has_a_row_and_a_result(tiny_run):
     out, results = tiny_run
     arms = results["arms"]
-    assert set(arms) == {"elo_1-8", "fft_time", "lora_time", "elo_1-4-8", "elo_1-4", "elo_2-6", "elo_4-5",
+    assert set(arms) == {"elo_1-8", "align_only", "fft_time", "lora_time", "elo_1-4-8", "elo_1-4", "elo_2-6", "elo_4-5",
                          "fft_tokens"}
     for arm in arms.values():
         for lang in ("ko", "en"):
@@ -71,12 +71,23 @@ def test_every_arm_has_a_row_and_a_result(tiny_run):
     assert arms["fft_tokens"]["stages"]["fft"]["steps"] == 5
     table = (out / "table.md").read_text()
     for row in ("base", "λ=(1, 8) ELO + align", "λ=(1, 8) ELO, no align", "λ=(4, 5) ELO + align",
-                "FFT (same time)", "FFT (same tokens)", "LoRA (same time)"):
+                "FFT (same time)", "FFT (same tokens)", "LoRA (same time)", "alignment only (no ELO; control)"):
         assert row in table
     assert (out / "figure.png").stat().st_size > 0
     saved = json.loads((out / "results.json").read_text())
     assert saved["versions"]["torch"] and saved["settings"]["elo_tokens"] == 256
     assert "alignment is needed" in (out / "findings.md").read_text()
+    assert "the ELO phase adds to alignment" in (out / "findings.md").read_text()
+
+
+def test_alignment_only_control_is_the_main_arms_alignment_from_the_base(tiny_run):
+    """Same steps, same text (the stream after ELO's), but from the base model: what ELO adds is the difference."""
+    _, results = tiny_run
+    align = results["arms"]["elo_1-8"]["stages"]["align"]
+    control = results["arms"]["align_only"]["stages"]["fft"]
+    assert control["steps"] == align["steps"] and control["budget_s"] is None
+    assert control["stream_start"] == align["stream_start"] and control["stream_end"] == align["stream_end"]
+    assert control["eval"] != align["eval"]  # a different starting model
 
 
 def test_equal_time_arm_is_budgeted_by_the_elo_arm(tiny_run):

@@ -209,6 +209,12 @@ def test_out_of_range_arguments_refused_before_any_file_is_opened(kwargs, match)
         SFTDataModule(tokenizer="/nonexistent", **{"files": ["/nonexistent.jsonl"], **kwargs})
 
 
+def test_no_tokenizer_is_a_one_line_error_not_a_default_one(tmp_path):
+    path = _write(tmp_path / "c.jsonl", GOOD)
+    with pytest.raises(ELOError, match="no tokenizer"):
+        SFTDataModule(files=[str(path)]).check_inputs()
+
+
 def test_non_utf8_line_is_one_skipped_record(tmp_path):
     path = tmp_path / "c.jsonl"
     path.write_bytes(b"".join(json.dumps(r).encode() + b"\n" for r in GOOD) + b'{"conversations": "caf\xe9"}\n')

@@ -450,7 +450,8 @@ class SFTDataModule(L.LightningDataModule):
     """Bilingual SFT conversations with assistant-only labels, language mixing and optional packing.
 
     Args:
-        tokenizer: tokenizer directory (e.g. ``configs/tokenizer`` or the model directory).
+        tokenizer: tokenizer directory or id; ``None`` (default): ``elo fit`` takes the trained model's own, as for
+            pretraining (a mismatch with the model's tokenizer is refused).
         files: JSONL sources; plain strings are accepted as ``SFTSource(path)``.
         lang_weights: languages to train on and their shares of the epoch (default ``{"ko": 1, "en": 1}``).
         seq_len: longest conversation in tokens (see ``overlong``) and packed row length.
@@ -467,7 +468,7 @@ class SFTDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        tokenizer: str = "configs/tokenizer",
+        tokenizer: str | None = None,
         files: list[SFTSource] | None = None,
         lang_weights: dict[str, float] | None = None,
         seq_len: int = 2048,
@@ -516,6 +517,9 @@ class SFTDataModule(L.LightningDataModule):
         from transformers import AutoTokenizer
 
         if self.tokenizer is None:
+            if self.tokenizer_path is None:
+                raise ELOError("SFTDataModule: no tokenizer (`elo fit` takes the model's own; set "
+                               "data.init_args.tokenizer when the model carries none)")
             try:
                 self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path)
             except Exception as e:  # noqa: BLE001 - any load failure is a bad argument

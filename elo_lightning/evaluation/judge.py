@@ -143,7 +143,7 @@ def generate_answers(
     max_new_tokens: int | None = None,
     model_id: str | None = None,
     device: str = "cpu",
-    dtype: str = "float32",
+    dtype: str = "auto",
     limit: int | None = None,
 ) -> dict[str, Any]:
     """Answer every turn of an MT-Bench or LogicKor question file with an exported model (resumable).
@@ -158,7 +158,7 @@ def generate_answers(
         max_new_tokens: override every category's new-token limit.
         model_id: the name recorded in the answers (default: the model directory's absolute path).
         device: ``cpu``, ``cuda``, ``cuda:0``...
-        dtype: float32, bfloat16 or float16.
+        dtype: ``auto`` (default: the checkpoint's own, e.g. bf16 for a bf16 export), float32, bfloat16 or float16.
         limit: answer only the first ``limit`` questions.
 
     Returns:
@@ -172,6 +172,9 @@ def generate_answers(
     questions = questions[:limit] if limit is not None else questions
     if not Path(model_dir).is_dir():
         raise ELOError(f"model directory not found: {model_dir}")
+    from elo_lightning.models import resolve_dtype
+
+    torch_dtype = resolve_dtype(dtype, model_dir)  # an unknown name is a one-line error before any loading
     model_id = model_id or str(Path(model_dir).resolve())
     done = _resume_rows(output_file, config.benchmark, model_id, questions)
     todo = [q for q in questions if q.id not in done]
@@ -194,7 +197,7 @@ def generate_answers(
     if not stop_ids:
         raise ELOError(f"{model_dir}: no EOS/end-of-turn token id to stop generation at")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype).to(device).eval()
 
     rows = dict(done)
     order = {q.id: i for i, q in enumerate(questions)}
