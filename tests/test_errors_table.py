@@ -30,7 +30,8 @@ EN = "{name: en, train: [data/sample/pretrain/en/train-*.jsonl], weight: %s}"
 KO = "{name: ko, train: [data/sample/pretrain/ko/train-*.jsonl], weight: %s}"
 PLUMBING = " --trainer.logger.init_args.save_dir {tmp} --model.init_args.export_dir {tmp}/x"  # not shown in the doc
 ELO = "fit --config configs/cpu/elo.yaml" + PLUMBING
-SFT = "fit --config configs/cpu/sft.yaml" + PLUMBING + f" --model.init_args.model {TINY}"
+SFT_NO_TOKENIZER = "fit --config configs/cpu/sft.yaml" + PLUMBING + f" --model.init_args.model {TINY}"
+SFT = SFT_NO_TOKENIZER + " --data.init_args.tokenizer configs/tokenizer"  # the tiny arch carries no tokenizer
 NOTHING = "nothing is written"
 
 
@@ -65,6 +66,7 @@ CASES = [
     C("empty language list", f"{ELO} --data.init_args.languages '[]'", r"the language list is empty"),
     C("seq_len 0", f"{ELO} --data.init_args.seq_len 0", r"seq_len must be >= 2, got 0"),
     C("batch_size 0", f"{ELO} --data.init_args.batch_size 0", r"batch sizes must be >= 1"),
+    C("SFT on a model without a tokenizer, none given", SFT_NO_TOKENIZER, r"no tokenizer: the model .* carries none"),
     C("SFT seq_len 0", f"{SFT} --data.init_args.seq_len 0", r"seq_len must be >= 2, got 0"),
     C("SFT batch_size 0", f"{SFT} --data.init_args.batch_size 0", r"batch_size must be >= 1, got 0"),
     C("SFT empty language weights", f"{SFT} --data.init_args.lang_weights '{{}}'", r"lang_weights is empty"),
