@@ -125,6 +125,19 @@ def adds_bos(tokenizer) -> bool:
 TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model", "vocab.json")
 
 
+def load_data_tokenizer(name: str | None, owner: str):
+    """A datamodule's tokenizer: ``None`` (the model's own, filled in by ``elo fit``) or a failed load is one line."""
+    from transformers import AutoTokenizer
+
+    if name is None:
+        raise ELOError(f"{owner}: no tokenizer (`elo fit` takes the model's own; set data.init_args.tokenizer when "
+                       "the model carries none)")
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except Exception as e:  # noqa: BLE001 - any load failure is a bad argument
+        raise ELOError(f"tokenizer {name!r} failed to load: {type(e).__name__}: {e}") from None
+
+
 def own_tokenizer_dir(model_source: str) -> str | None:
     """The model directory when it carries a tokenizer (HF export, converted checkpoint); None otherwise
     (an architecture .json, a hub id, a directory of weights only)."""

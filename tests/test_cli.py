@@ -206,9 +206,7 @@ def test_every_stage_config_trains_two_steps_through_elo_fit(config, tmp_path, d
             "--data.init_args.batch_size", "2", "--model.init_args.export_dir", str(tmp_path / "export")]
     model_args = yaml.safe_load(config.read_text())["model"]["init_args"]
     if not str(model_args["model"]).endswith(".json"):  # sft.yaml trains the chat-vector output: a tiny model here
-        args += ["--model.init_args.model", TINY]
-        if yaml.safe_load((config.parent / "data" / "sft.yaml").read_text())["init_args"]["tokenizer"] is None:
-            args += ["--data.init_args.tokenizer", "configs/tokenizer"]  # the tiny arch carries no tokenizer
+        args += ["--model.init_args.model", TINY, "--data.init_args.tokenizer", "configs/tokenizer"]  # it has none
     if "detached" in model_args:
         args += ["--model.init_args.detached", str(detached_tiny)]
     if "start_after:" in config.read_text():

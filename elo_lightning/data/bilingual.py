@@ -469,15 +469,9 @@ class BilingualDataModule(L.LightningDataModule):
     def tokenizer(self):
         """The HF tokenizer, loaded once on first use."""
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
+            from elo_lightning.tokenizer import load_data_tokenizer
 
-            if self.tokenizer_name is None:
-                raise ELOError("BilingualDataModule: no tokenizer (`elo fit` takes the model's own; set "
-                               "data.init_args.tokenizer when the model carries none)")
-            try:
-                tok = AutoTokenizer.from_pretrained(self.tokenizer_name)
-            except Exception as e:  # noqa: BLE001 - any load failure is a bad argument
-                raise ELOError(f"tokenizer {self.tokenizer_name!r} failed to load: {type(e).__name__}: {e}") from None
+            tok = load_data_tokenizer(self.tokenizer_name, "BilingualDataModule")
             if tok.eos_token_id is None:
                 raise ELOError(f"tokenizer {self.tokenizer_name!r} has no eos token (needed as document boundary)")
             if self.add_bos and tok.bos_token_id is None:

@@ -514,16 +514,10 @@ class SFTDataModule(L.LightningDataModule):
     # ----------------------------------------------------------------------------------------------- setup
 
     def load_tokenizer(self) -> Any:
-        from transformers import AutoTokenizer
+        from elo_lightning.tokenizer import load_data_tokenizer
 
         if self.tokenizer is None:
-            if self.tokenizer_path is None:
-                raise ELOError("SFTDataModule: no tokenizer (`elo fit` takes the model's own; set "
-                               "data.init_args.tokenizer when the model carries none)")
-            try:
-                self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path)
-            except Exception as e:  # noqa: BLE001 - any load failure is a bad argument
-                raise ELOError(f"tokenizer {self.tokenizer_path!r} failed to load: {type(e).__name__}: {e}") from None
+            self.tokenizer = load_data_tokenizer(self.tokenizer_path, "SFTDataModule")
         return self.tokenizer
 
     def check_inputs(self) -> None:
