@@ -156,6 +156,17 @@ def check_output(output: str | Path, kind: str, *, inputs: PathMap | None = None
     return output
 
 
+def claim_run_dir(output: str | Path, kind: str, *, inputs: PathMap | None = None, overwrite: bool = False) -> Path:
+    """A run directory that a resumable command fills over time: refused as :func:`check_output` refuses an
+    output (a foreign non-empty folder unless ``overwrite``, an input...), then marked as a ``kind`` output so
+    that the next invocation continues in it."""
+    out = check_output(output, kind, inputs=inputs, overwrite=overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    if output_kind(out) != kind:
+        write_json_atomic(out / OUTPUT_MARKER, {"kind": kind, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    return out
+
+
 # -- leftovers ---------------------------------------------------------------------------------------------
 
 _HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"

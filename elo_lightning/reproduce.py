@@ -45,7 +45,7 @@ import yaml
 from lightning.pytorch.callbacks import Callback
 
 from elo_lightning.errors import ELOError
-from elo_lightning.io import write_json_atomic
+from elo_lightning.io import claim_run_dir, write_json_atomic
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs" / "reproduce"
 MAIN = "main"
@@ -715,6 +715,7 @@ def reproduce(
     arms: list[str] | None = None,
     accelerator: str | None = None,
     precision: str | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """The paper's experiments in miniature: ELO (+/- alignment), the λ ablation, FFT and LoRA, from one base model.
 
@@ -736,6 +737,8 @@ def reproduce(
             equal-time arms need the main λ arm finished first.
         accelerator: cpu, gpu or auto.
         precision: Lightning precision (32-true on CPU, bf16-true on GPU).
+        overwrite: also use a non-empty ``output`` that is not a previous ``elo reproduce`` run (its files are kept;
+            same-named ones are replaced).
     """
     import torch
 
@@ -765,8 +768,7 @@ def reproduce(
         raise ELOError(f"calibrate_steps ({settings.calibrate_steps}) must be below warmup_steps "
                        f"({settings.warmup_steps}): time budgets re-plan the schedule during the warm-up")
     plan = plan_arms(settings, n_layers)
-    out = Path(output)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_run_dir(output, "reproduce", inputs={"--model": model, "--data": settings.data}, overwrite=overwrite)
     settings_file = out / "settings.json"
     now = dataclasses.asdict(settings)
     if settings_file.is_file():

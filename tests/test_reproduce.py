@@ -180,3 +180,16 @@ def test_bad_input_is_one_line_error(tiny_llama, tmp_path):
         reproduce(model=str(tiny_llama), budget="tiny", output=str(tmp_path / "c"), data=str(DATA), arms=["x"])
     with pytest.raises(ELOError, match="no training shards"):
         reproduce(model=str(tiny_llama), budget="tiny", output=str(tmp_path / "d"), data=str(tmp_path))
+
+
+def test_a_foreign_output_folder_is_refused_and_kept(tiny_llama, tmp_path):
+    """Not a previous run (or inside an input): one-line error before any work, the folder untouched."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "results.json").write_text("my own results")
+    with pytest.raises(ELOError, match="not empty and not a previous reproduce output"):
+        reproduce(model=str(tiny_llama), budget="tiny", output=str(out), data=str(DATA))
+    assert [p.name for p in out.iterdir()] == ["results.json"]
+    assert (out / "results.json").read_text() == "my own results"
+    with pytest.raises(ELOError, match="inside the --model"):
+        reproduce(model=str(tiny_llama), budget="tiny", output=str(Path(tiny_llama) / "run"), data=str(DATA))
